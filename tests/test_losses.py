@@ -1,0 +1,173 @@
+"""Tests of scripts.losses: masked heatmap SSE, Gaussian targets from points, learnable sigma."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scripts.heatmap import gaussian_heatmaps
+from scripts.losses import HeatmapLoss, masked_sse
+
+H, W = 12, 16  # non-square
+
+
+def points_batch() -> torch.Tensor:
+    """(2, 3, 2) sub-pixel (x, y) points; landmark 2 of image 1 is missing (NaN)."""
+    return torch.tensor(
+        [
+            [[3.3, 2.6], [12.7, 9.1], [7.5, 5.0]],
+            [[10.2, 3.4], [2.1, 8.8], [float("nan"), float("nan")]],
+        ]
+    )
+
+
+def test_masked_sse_hand_computed():
+    pred = torch.zeros(2, 2, 1, 2)
+    pred[0, 0, 0] = torch.tensor([1.0, 2.0])
+    pred[0, 1, 0] = torch.tensor([3.0, 0.0])
+    pred[1, 0, 0] = torch.tensor([0.5, 0.5])
+    target = torch.ones(2, 2, 1, 2)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    # image 0: (0 + 1) + (4 + 1) = 6; image 1: 0.25 + 0.25, landmark 1 dropped
+    torch.testing.assert_close(masked_sse(pred, target, mask), torch.tensor([6.0, 0.5]))
+    # no mask keeps all: image 1 adds (1 + 1)
+    torch.testing.assert_close(masked_sse(pred, target), torch.tensor([6.0, 2.5]))
+
+
+def test_masked_sse_nan_target_masked_gives_finite_value_and_gradient():
+    pred = torch.randn(1, 2, 3, 4, requires_grad=True)
+    target = torch.randn(1, 2, 3, 4)
+    target[0, 1] = float("nan")
+    value = masked_sse(pred, target, torch.tensor([[1.0, 0.0]]))
+    value.sum().backward()
+    torch.testing.assert_close(value, ((pred[0, 0] - target[0, 0]) ** 2).sum()[None].detach())
+    assert torch.isfinite(pred.grad).all()
+    assert torch.count_nonzero(pred.grad[0, 1]) == 0
+
+
+def test_masked_sse_shape_errors():
+    with pytest.raises(ValueError, match="pred and target"):
+        masked_sse(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 5))
+    with pytest.raises(ValueError, match="mask must be"):
+        masked_sse(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), torch.ones(2))
+
+
+def test_loss_equals_hand_computed_gaussian_sse():
+    """One landmark at pixel centre (1, 0) on a 2x3 grid, sigma 1, gamma 2, prediction all zeros."""
+    loss = HeatmapLoss(num_landmarks=1, sigma=1.0, gamma=2.0)
+    points = torch.tensor([[[1.0, 0.0]]])
+    # target values 2 * exp(-d^2 / 2): d^2 = 0 (once), 1 (three times), 2 (twice)
+    expected = 4.0 * (1.0 + 3.0 * math.exp(-1.0) + 2.0 * math.exp(-2.0))
+    value = loss(torch.zeros(1, 1, 2, 3), {"landmarks": points, "landmarks_mask": torch.ones(1, 1)})
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    # a prediction equal to the target gives 0
+    target = gaussian_heatmaps(points, (2, 3), sigma=1.0, gamma=2.0)
+    assert loss(target, {"landmarks": points}).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_reductions():
+    points = points_batch()
+    pred = torch.rand(2, 3, H, W)
+    target = gaussian_heatmaps(points, (H, W), sigma=2.0, gamma=100.0)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    per_image = masked_sse(pred, target, mask)
+    batch = {"landmarks": points, "landmarks_mask": mask}
+    torch.testing.assert_close(HeatmapLoss(3)(pred, batch), per_image.mean())
+    torch.testing.assert_close(HeatmapLoss(3, reduction="sum")(pred, batch), per_image.sum())
+    torch.testing.assert_close(HeatmapLoss(3, reduction="mean")(pred, batch), per_image.sum() / (5 * H * W))
+    with pytest.raises(ValueError, match="reduction"):
+        HeatmapLoss(3, reduction="max")
+
+
+def test_masked_landmark_prediction_does_not_change_loss():
+    points = points_batch()
+    mask = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    loss = HeatmapLoss(3)
+    pred = torch.rand(2, 3, H, W)
+    base = loss(pred, {"landmarks": points, "landmarks_mask": mask})
+    changed = pred.clone()
+    changed[0, 1] += 50.0  # masked out
+    changed[1, 2] = 1e6  # masked out and NaN point
+    torch.testing.assert_close(loss(changed, {"landmarks": points, "landmarks_mask": mask}), base)
+    changed[0, 0] = 0.0  # kept: the loss must move
+    assert not torch.isclose(loss(changed, {"landmarks": points, "landmarks_mask": mask}), base)
+
+
+def test_nan_point_gives_finite_loss_and_gradients_even_if_mask_says_one():
+    points = points_batch()
+    pred = torch.rand(2, 3, H, W, requires_grad=True)
+    loss = HeatmapLoss(3, learnable_sigma=True)
+    value = loss(pred, {"landmarks": points, "landmarks_mask": torch.ones(2, 3)})
+    value.backward()
+    assert torch.isfinite(value)
+    assert torch.isfinite(pred.grad).all() and torch.isfinite(loss.log_sigma.grad).all()
+    assert torch.count_nonzero(pred.grad[1, 2]) == 0
+    expected = masked_sse(pred, gaussian_heatmaps(points, (H, W), 2.0, 100.0), torch.tensor([[1.0] * 3, [1, 1, 0]]))
+    torch.testing.assert_close(value, expected.mean())
+
+
+def test_default_mask_drops_points_outside_grid():
+    points = torch.tensor([[[3.0, 4.0], [W + 5.0, 2.0]]])
+    pred = torch.rand(1, 2, H, W)
+    loss = HeatmapLoss(2)
+    target = gaussian_heatmaps(points, (H, W), 2.0, 100.0)
+    expected = masked_sse(pred, target, torch.tensor([[1.0, 0.0]])).mean()
+    torch.testing.assert_close(loss(pred, {"landmarks": points}), expected)
+
+
+def test_precomputed_heatmaps_as_tensor_or_dict():
+    points = points_batch()
+    target = gaussian_heatmaps(points, (H, W), sigma=2.0, gamma=100.0)
+    pred = torch.rand(2, 3, H, W)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    loss = HeatmapLoss(3)
+    from_points = loss(pred, {"landmarks": points, "landmarks_mask": mask})
+    torch.testing.assert_close(loss(pred, {"heatmaps": target, "landmarks_mask": mask}), from_points)
+    torch.testing.assert_close(loss(pred, target), masked_sse(pred, target).mean())
+    with pytest.raises(ValueError, match="learnable_sigma"):
+        HeatmapLoss(3, learnable_sigma=True)(pred, {"heatmaps": target})
+    with pytest.raises(KeyError, match="'landmarks' or 'heatmaps'"):
+        loss(pred, {"landmarks_mask": mask})
+    with pytest.raises(ValueError, match=r"pred must be \(B, 3, H, W\)"):
+        loss(pred[:, :2], target)
+
+
+def test_learnable_sigma_gets_gradient_and_regularisation():
+    points = points_batch()
+    sigma0 = [1.5, 2.0, 3.0]
+    loss = HeatmapLoss(3, sigma=sigma0, learnable_sigma=True, sigma_regularization=0.5)
+    assert [n for n, _ in loss.named_parameters()] == ["log_sigma"]
+    torch.testing.assert_close(loss.sigma, torch.tensor(sigma0))
+    pred = torch.zeros(2, 3, H, W)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    value = loss(pred, {"landmarks": points, "landmarks_mask": mask})
+    value.backward()
+    grad = loss.log_sigma.grad
+    # with zero prediction the data term grows with sigma, and so does the regulariser
+    assert grad[0] > 0 and grad[1] > 0
+    # landmark 2 is masked everywhere: only the regulariser d(0.5 s^2)/d(log s) = s^2 = 9
+    assert grad[2].item() == pytest.approx(9.0, rel=1e-5)
+    no_reg = HeatmapLoss(3, sigma=sigma0, learnable_sigma=True)(pred, {"landmarks": points, "landmarks_mask": mask})
+    assert (value - no_reg).item() == pytest.approx(0.5 * sum(s * s for s in sigma0), rel=1e-5)
+
+
+def test_learnable_sigma_moves_towards_target_width():
+    """A few Adam steps on a prediction drawn with sigma 3 pull a sigma started at 1.5 up."""
+    points = points_batch()[:1, :2]
+    pred = gaussian_heatmaps(points, (H, W), sigma=3.0, gamma=100.0)
+    loss = HeatmapLoss(2, sigma=1.5, learnable_sigma=True)
+    optimiser = torch.optim.Adam(loss.parameters(), lr=0.05)
+    for _ in range(20):
+        optimiser.zero_grad()
+        loss(pred, {"landmarks": points}).backward()
+        optimiser.step()
+    assert torch.all(loss.sigma > 2.0)
+
+
+def test_invalid_sigma():
+    with pytest.raises(ValueError, match="2 values for 3 landmarks"):
+        HeatmapLoss(3, sigma=[1.0, 2.0])
+    with pytest.raises(ValueError, match="positive"):
+        HeatmapLoss(2, sigma=[1.0, 0.0])
