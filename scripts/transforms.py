@@ -331,7 +331,7 @@ class ResizeWithLandmarksd(MapTransform):
 class HistogramMatch(Transform):
     """Histogram matching inside the object (Otsu) mask, as in the SCN preprocessing.
 
-    Both the input and the reference are masked by ``value > skimage.filters.threshold_otsu``; the
+    Both the input and the reference are masked by an Otsu threshold (see ``_otsu_mask``); the
     input pixels inside its mask get the grey values that give the reference's masked histogram
     (exact cumulative-histogram matching, ``skimage.exposure.match_histograms`` on the masked
     values); pixels outside the mask are untouched. Every channel is matched on its own.
@@ -340,9 +340,17 @@ class HistogramMatch(Transform):
         reference: image file path (read with :func:`scripts.io.read_image`), a ``(H, W)`` /
             ``(1, H, W)`` array, or ``None`` (identity). The reference is resized to the input's size
             on first use (cached per size), so its histogram has the input's number of pixels.
+        outside_mask: ``"keep"`` leaves pixels outside the mask untouched (the published
+            preprocessing); ``"map"`` applies the same monotone grey-value mapping, learnt inside the
+            mask, to every pixel (continued with slope 1 beyond the masked range), which avoids the
+            step at the mask border where the mask cuts through an object (e.g. fingers whose soft
+            tissue is darker than the palm's).
     """
 
-    def __init__(self, reference=None) -> None:
+    def __init__(self, reference=None, outside_mask: str = "keep") -> None:
+        if outside_mask not in ("keep", "map"):
+            raise ValueError(f"outside_mask must be 'keep' or 'map', got {outside_mask!r}.")
+        self.outside_mask = outside_mask
         self.reference = reference
         self._reference_image: np.ndarray | None = None
         self._masked_reference: dict[tuple[int, int], np.ndarray] = {}
@@ -384,29 +392,57 @@ class HistogramMatch(Transform):
             mask = _otsu_mask(channel)
             if mask is None:
                 continue
-            channel[mask] = match_histograms(channel[mask], ref_values)
+            if self.outside_mask == "keep":
+                channel[mask] = match_histograms(channel[mask], ref_values)
+            else:
+                channel[:] = _monotone_match(channel, channel[mask], ref_values)
         out = torch.from_numpy(x)
         if isinstance(img, torch.Tensor):
             out = out.to(img.device)
         return _like(out, img)
 
 
+def _monotone_match(image: np.ndarray, source: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Map ``image`` by the quantile mapping that takes ``source`` values to ``reference`` values.
+
+    Below/above the source range the mapping continues with slope 1, so it stays continuous and monotone.
+    """
+    q = np.linspace(0.0, 1.0, 1025)
+    src_q, ref_q = np.quantile(source, q), np.quantile(reference, q)
+    src_q = np.maximum.accumulate(src_q + np.arange(q.size) * 1e-9 * max(1.0, float(np.ptp(src_q))))
+    out = np.interp(image, src_q, ref_q)
+    low, high = image < src_q[0], image > src_q[-1]
+    out[low] = image[low] - src_q[0] + ref_q[0]
+    out[high] = image[high] - src_q[-1] + ref_q[-1]
+    return out.astype(np.float32)
+
+
 def _otsu_mask(image: np.ndarray) -> np.ndarray | None:
-    """``image > threshold_otsu(image)``, or ``None`` for a constant image or an empty mask."""
+    """Object mask: Otsu threshold of the lightly smoothed image, closed and with holes filled.
+
+    Smoothing, closing and filling make one solid region for the object (a hand, not speckles of
+    bone), so histogram matching does not leave blotches where noisy pixels straddle the threshold.
+    Returns ``None`` for a constant image or an empty mask.
+    """
+    from scipy import ndimage
     from skimage.filters import threshold_otsu
 
     if image.min() == image.max():
         return None
-    mask = image > threshold_otsu(image)
+    smooth = ndimage.gaussian_filter(image.astype(np.float32), sigma=max(1.0, 0.005 * min(image.shape)))
+    mask = smooth > threshold_otsu(smooth)
+    mask = ndimage.binary_fill_holes(ndimage.binary_closing(mask, iterations=2))
     return mask if mask.any() else None
 
 
 class HistogramMatchd(MapTransform):
     """Dictionary version of :class:`HistogramMatch` (one cached reference for all keys)."""
 
-    def __init__(self, keys: KeysCollection = ("image",), reference=None, allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection = ("image",), reference=None, outside_mask: str = "keep", allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.matcher = HistogramMatch(reference)
+        self.matcher = HistogramMatch(reference, outside_mask)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

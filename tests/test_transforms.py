@@ -409,3 +409,20 @@ def test_landmark_heatmap_and_mask():
     only_mask = LandmarkMaskd(spatial_size=(48, 64))({"landmarks": torch.from_numpy(points)})
     assert isinstance(only_mask["landmarks_mask"], torch.Tensor)
     assert only_mask["landmarks_mask"].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_histogram_match_map_mode_is_monotone_and_continuous():
+    rng = np.random.default_rng(5)
+    rows, cols = np.mgrid[:64, :80]
+    obj = ((rows - 32) ** 2 / 20**2 + (cols - 40) ** 2 / 25**2) < 1
+    image = np.where(obj, 0.6, 0.1) + 0.3 * cols / 80 + rng.normal(0, 0.02, (64, 80))
+    reference = np.where(obj, 3.0, 1.0) + rng.normal(0, 0.2, (64, 80))
+    out = HistogramMatch(reference.astype(np.float32), outside_mask="map")(image[None].astype(np.float32))[0]
+    # one monotone grey-value map for all pixels: the order of values is kept everywhere
+    order = np.argsort(image.ravel(), kind="stable")
+    assert np.all(np.diff(out.ravel()[order]) >= -1e-5)
+    # the object moved to the reference's object range, the background moved with it (no step at the mask)
+    assert abs(np.median(out[obj]) - 3.0) < 0.2
+    assert not np.allclose(out[~obj], image[~obj])
+    with pytest.raises(ValueError, match="outside_mask"):
+        HistogramMatch(reference, outside_mask="nope")

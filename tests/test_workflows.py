@@ -1,0 +1,128 @@
+"""The bundle's workflows run for real through ``python -m monai.bundle`` on a tiny demo data set:
+training, resume from the last checkpoint, evaluation, and DDP training on CPU (gloo, 2 processes)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scripts.demo_data import generate_demo_dataset
+from scripts.networks.scn import SpatialConfigurationNet
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = "configs/train.json"
+EVALUATE = "configs/evaluate.json"
+MULTI_GPU = "configs/multi_gpu_train.json"
+
+# Small network and grid so that a few iterations take seconds on two cores.
+TINY = {"num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 1.5}
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "demo_hand"
+    generate_demo_dataset(out, kind="hand", num_train=4, num_valid=2, seed=3)
+    return out
+
+
+def _overrides(values: dict) -> list[str]:
+    args = []
+    for key, value in values.items():
+        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    return args
+
+
+def run_bundle(run_id: str, config_files: list[str], values: dict, launcher: list[str] | None = None, timeout=300):
+    config = config_files[0] if len(config_files) == 1 else str(config_files)
+    cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", "run", run_id, "--config_file", config]
+    cmd += ["--bundle_root", str(ROOT)] + _overrides(values)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _train_values(dataset: Path, work: Path, **extra) -> dict:
+    return {
+        **TINY,
+        "dataset_dir": str(dataset),
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work / "runs"),
+        "max_epochs": 1,
+        "val_interval": 1,
+        "train#trainer#epoch_length": 2,
+        **extra,
+    }
+
+
+def _load_network(path: Path) -> torch.nn.Module:
+    net = SpatialConfigurationNet(num_landmarks=37, num_filters=8)
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def test_training_two_iterations_resume_and_evaluate(tiny_dataset, tmp_path):
+    values = _train_values(tiny_dataset, tmp_path)
+    log = run_bundle("training", [TRAIN], values)
+    assert "Best validation mean point error (network px)" in log
+    best, last = tmp_path / "models" / "model.pt", tmp_path / "models" / "last.pt"
+    assert best.is_file() and last.is_file()
+    out = _load_network(best)(torch.zeros(1, 1, 64, 64))
+    assert out.shape == (1, 37, 64, 64) and torch.isfinite(out).all()
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["trainer"]["iteration"] == 2 and state["trainer"]["epoch_length"] == 2
+    assert list(tmp_path.joinpath("runs").glob("events.out.tfevents.*")), "no TensorBoard log"
+
+    # resume: the second run continues from iteration 2 to 4 instead of starting over
+    weights_before = state["network"]
+    log = run_bundle("training", [TRAIN], {**values, "max_epochs": 2, "resume": True})
+    assert "resumed from" in log
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["trainer"]["iteration"] == 4 and state["trainer"]["max_epochs"] == 2
+    assert any(not torch.equal(weights_before[k], state["network"][k]) for k in weights_before)
+
+    # evaluation of the valid split with the best checkpoint
+    eval_dir = tmp_path / "eval"
+    log = run_bundle("run", [TRAIN, EVALUATE], {**values, "split": "valid", "eval_dir": str(eval_dir)})
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["split"] == "valid" and summary["num_images"] == 2 and summary["num_landmarks"] == 37
+    with open(eval_dir / "per_point.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 37
+    errors = np.array([float(r["error_px"]) for r in rows])
+    assert summary["mean_px"] == pytest.approx(errors.mean(), rel=1e-6)
+    # ground truth in the report is the annotation in original pixels
+    with open(tiny_dataset / "landmarks.csv") as f:
+        truth = {r["id"]: r for r in csv.DictReader(f)}
+    first = rows[0]
+    assert float(first["true_x"]) == pytest.approx(float(truth[first["id"]]["x0"]), abs=1e-3)
+    for name in ("per_image.csv", "per_landmark.csv", "cumulative_error_px.png", "cumulative_error_nmm.png"):
+        assert (eval_dir / name).stat().st_size > 0
+    assert summary["mean_nmm"] > 0 and 0 <= summary["sdr_nmm_2"] <= 1
+    assert f"split 'valid': 2 images" in log
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="torchrun not installed")
+def test_ddp_training_on_cpu_with_gloo(tiny_dataset, tmp_path):
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    values = _train_values(tiny_dataset, tmp_path)
+    log = run_bundle(
+        "training",
+        [TRAIN, MULTI_GPU],
+        values,
+        launcher=[torchrun, "--standalone", "--nproc_per_node", "2"],
+    )
+    assert "Best validation mean point error" in log
+    net = _load_network(tmp_path / "models" / "model.pt")  # a plain state dict, not DDP "module." keys
+    out = net(torch.zeros(1, 1, 64, 64))
+    assert torch.isfinite(out).all()
