@@ -26,6 +26,7 @@ import hashlib
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ import numpy as np
 from scripts.coords import inside_image
 from scripts.io import ImageReadError, image_suffix, is_image_candidate, read_image_size
 
-__all__ = ["DatasetError", "LandmarkDataset", "load_datalist", "default_split"]
+__all__ = ["DatasetError", "LandmarkDataset", "load_datalist", "default_split", "keep_reference_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -434,3 +435,24 @@ def load_datalist(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
             del _CACHE[stale]
         _CACHE[key] = LandmarkDataset(folder)
     return _CACHE[key].datalist(split)
+
+
+def keep_reference_image(reference_image: str | os.PathLike | None, ckpt_dir: str | os.PathLike) -> str | None:
+    """Copy the histogram-matching reference image next to the checkpoints (``ckpt_dir``).
+
+    Inference has no training data at hand; it reads the reference from the model folder, so a
+    trained model folder is complete on its own. Does nothing when ``reference_image`` is None.
+    Returns the copy's path.
+    """
+    if reference_image is None:
+        return None
+    source = Path(reference_image)
+    if not source.is_file():
+        raise FileNotFoundError(f"{source}: histogram-matching reference image not found (set --reference_image).")
+    target = Path(ckpt_dir) / source.name
+    if target.resolve() != source.resolve():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    return str(target)

@@ -55,7 +55,7 @@ def on_bone(image: np.ndarray, points: np.ndarray) -> tuple[float, float]:
 
 
 def test_real_images_preprocess_with_landmarks_on_bone(parser, samples):
-    transforms = parser.get_parsed_content("validate#transforms")
+    transforms = parser.get_parsed_content("validate#preprocessing")
     for item in samples:
         d = transforms(dict(item))
         image = np.asarray(d["image"])[0]
@@ -74,7 +74,7 @@ def test_real_images_preprocess_with_landmarks_on_bone(parser, samples):
 
 
 def test_real_images_augment_and_make_heatmaps(parser, samples):
-    transforms = parser.get_parsed_content("train#transforms")
+    transforms = parser.get_parsed_content("train#preprocessing")
     transforms.set_random_state(seed=7)
     heatmaps = LandmarkHeatmapd(points_key="landmarks", spatial_size=(256, 256), sigma=3.0)
     for item in samples:

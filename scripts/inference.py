@@ -1,0 +1,515 @@
+"""Landmark inference on a folder of images: folder scan, heatmap post-processing, and the runner.
+
+Used by ``configs/inference.json``::
+
+    python -m monai.bundle run --config_file configs/inference.json --dataset_dir IN --output_dir OUT
+
+* :func:`scan_image_folder` lists every image below the input folder (recursively; DICOM with or
+  without suffix, PNG, JPEG, TIFF, NIfTI, MHA/MHD, NRRD, see :func:`scripts.io.is_image_candidate`)
+  and the other files, which are reported as skipped.
+* :class:`DecodeLandmarksd` and :class:`LandmarksToOriginald` are the ``postprocessing``: heatmaps
+  ``pred`` ``(N, H', W')`` -> points in network pixels and a confidence -> points in original pixels
+  and mm (axis order and pixel centres of :mod:`scripts.coords`).
+* :class:`FolderInference` loads the weights, runs preprocessing, inferer and postprocessing on one
+  file at a time and writes with :mod:`scripts.writers`; a file that fails is recorded in
+  ``OUT/errors.csv`` with its reason and the others go on.
+
+Outputs below ``OUT``: ``landmarks.csv`` (one row per image), ``errors.csv``, and per input
+``a/b/img.dcm``: ``landmarks/a/b/img.dcm.json``, ``overlays/a/b/img.dcm.png`` and
+``labels/a/b/img.dcm.png`` (disc of value ``k + 1`` per landmark, the original image's size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+from tqdm import tqdm
+
+from scripts.heatmap import decode_heatmaps, points_to_mm, points_to_original
+from scripts.io import ImageReadError, is_image_candidate, read_image
+from scripts.writers import (
+    LandmarkCsvWriter,
+    LandmarkResult,
+    landmark_label_image,
+    output_path,
+    write_error_csv,
+    write_label_image,
+    write_landmarks_json,
+    write_overlay_png,
+)
+
+__all__ = [
+    "FolderScan",
+    "scan_image_folder",
+    "require_file",
+    "load_weights",
+    "DecodeLandmarks",
+    "DecodeLandmarksd",
+    "LandmarksToOriginald",
+    "FolderInference",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+
+# ----------------------------------------------------------------------------------------------
+# folder scan
+
+
+@dataclass
+class FolderScan:
+    """Result of :func:`scan_image_folder`.
+
+    Attributes:
+        root: the scanned folder (absolute).
+        items: one datalist item per image, ``{"id": relative POSIX path, "image": absolute path}``,
+            sorted by ``id``.
+        skipped: relative paths of the other (non-hidden) files, which are not images.
+    """
+
+    root: str
+    items: list[dict] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or path.is_relative_to(folder)
+
+
+def scan_image_folder(root: PathLike, exclude: Sequence[PathLike] = ()) -> FolderScan:
+    """List the images below ``root`` recursively (or ``root`` itself if it is a file).
+
+    Hidden files and folders (name starting with ``.``) are ignored, and so are the folders in
+    ``exclude`` (e.g. an output folder placed inside the input folder). Symbolic links to files are
+    followed, links to folders are not.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+    """
+    root_path = Path(root).expanduser().absolute()
+    if not root_path.exists():
+        raise FileNotFoundError(f"input folder {root_path} does not exist (set --dataset_dir).")
+    if root_path.is_file():
+        scan = FolderScan(str(root_path.parent))
+        if is_image_candidate(root_path):
+            scan.items.append({"id": root_path.name, "image": str(root_path)})
+        else:
+            scan.skipped.append(root_path.name)
+        return scan
+    excluded = [Path(p).expanduser().resolve() for p in exclude if p is not None]
+    scan = FolderScan(str(root_path))
+    for folder, dirs, files in os.walk(root_path):
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not any(
+            _is_within((here / d).resolve(), ex) for ex in excluded))
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = here / name
+            rel = path.relative_to(root_path).as_posix()
+            if is_image_candidate(path):
+                scan.items.append({"id": rel, "image": str(path)})
+            else:
+                scan.skipped.append(rel)
+    scan.items.sort(key=lambda item: item["id"])
+    scan.skipped.sort()
+    return scan
+
+
+def require_file(path: PathLike, what: str) -> str:
+    """``path`` as str if it is an existing file, else ``FileNotFoundError`` naming ``what`` it is."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what}: no file at {path}.")
+    return os.fspath(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+
+
+def load_weights(network: torch.nn.Module, ckpt_path: PathLike) -> torch.nn.Module:
+    """Load a checkpoint into ``network`` (strictly) and return it.
+
+    Accepts a plain ``state_dict`` (what ``CheckpointSaver`` writes for one object, e.g.
+    ``models/model.pt``) or a dict holding it under ``"model"`` or ``"network"`` (e.g.
+    ``models/last.pt``); a ``"module."`` prefix (DistributedDataParallel) is removed.
+
+    Raises:
+        FileNotFoundError: no file at ``ckpt_path``.
+        ValueError: the file holds no weights, or they do not fit the network (message names the file).
+    """
+    path = os.fspath(ckpt_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        nested = next((state[k] for k in ("model", "network") if isinstance(state.get(k), Mapping)), None)
+        if nested is None:
+            raise ValueError(f"checkpoint {path} holds no network weights (entries: {sorted(state)}).")
+        state = nested
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict.")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"checkpoint {path} does not fit network_def (trained with another preset, num_landmarks "
+            f"or num_filters?): {' '.join(str(err).split())[:800]}"
+        ) from err
+    return network
+
+
+# ----------------------------------------------------------------------------------------------
+# post-processing transforms
+
+
+class DecodeLandmarks(Transform):
+    """Heatmaps of one image -> sub-pixel maxima and a confidence per landmark.
+
+    Args:
+        gamma: height of the target Gaussians in training; the confidence is ``peak / gamma`` clipped
+            to ``[0, 1]``.
+    """
+
+    def __init__(self, gamma: float = 100.0) -> None:
+        if not gamma > 0:
+            raise ValueError(f"gamma must be positive, got {gamma}.")
+        self.gamma = float(gamma)
+
+    def __call__(self, heatmaps) -> tuple[np.ndarray, np.ndarray]:
+        """``heatmaps`` ``(N, H, W)`` tensor or array -> ``(points (N, 2) float32 (x, y) heatmap px,
+        confidence (N,) float32)``."""
+        hm = torch.as_tensor(heatmaps.as_tensor() if hasattr(heatmaps, "as_tensor") else heatmaps)
+        if hm.ndim != 3:
+            raise ValueError(f"{type(self).__name__}: expected heatmaps (N, H, W), got shape {tuple(hm.shape)}.")
+        points, peak = decode_heatmaps(hm.detach().float()[None])
+        confidence = (peak[0] / self.gamma).clamp(0.0, 1.0)
+        return points[0].cpu().numpy().astype(np.float32), confidence.cpu().numpy().astype(np.float32)
+
+
+class DecodeLandmarksd(MapTransform):
+    """Dictionary version of :class:`DecodeLandmarks`.
+
+    Reads the heatmaps ``d[key]`` ``(N, H, W)`` and writes ``d[points_key]`` ``(N, 2)`` network pixels
+    and ``d[confidence_key]`` ``(N,)``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        points_key: str = "pred_landmarks",
+        confidence_key: str = "pred_confidence",
+        gamma: float = 100.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if len(self.keys) != 1:
+            raise ValueError(f"{type(self).__name__}: exactly one heatmap key, got {self.keys}.")
+        self.points_key = points_key
+        self.confidence_key = confidence_key
+        self.decoder = DecodeLandmarks(gamma)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.points_key], d[self.confidence_key] = self.decoder(d[key])
+        return d
+
+
+class LandmarksToOriginald(MapTransform):
+    """Network-pixel points -> original pixels (through ``net_from_orig``) and mm (through ``spacing``).
+
+    Writes ``d[orig_key]`` ``(N, 2)`` ``(x, y)`` original pixels and ``d[mm_key]`` ``(N, 2)`` mm
+    (NaN when the spacing is the NaN pair, i.e. unknown), both float64.
+
+    Args:
+        keys: the points ``(N, 2)`` in network pixels (``DecodeLandmarksd``'s ``points_key``).
+        orig_key, mm_key: keys written; for several ``keys`` they are suffixed with the key.
+        matrix_key: the ``(3, 3)`` ``net_from_orig`` of the preprocessing.
+        spacing_key: ``(sx, sy)`` mm/px, NaN pair when unknown (``LoadLandmarkImaged``).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred_landmarks",
+        orig_key: str = "pred_landmarks_orig",
+        mm_key: str = "pred_landmarks_mm",
+        matrix_key: str = "net_from_orig",
+        spacing_key: str = "spacing",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.orig_key, self.mm_key = orig_key, mm_key
+        self.matrix_key, self.spacing_key = matrix_key, spacing_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        several = len(self.keys) > 1
+        for key in self.key_iterator(d):
+            points = np.asarray(torch.as_tensor(d[key]).cpu(), dtype=np.float64)
+            matrix = np.asarray(torch.as_tensor(d[self.matrix_key]).cpu(), dtype=np.float64)
+            spacing = d.get(self.spacing_key)
+            spacing = np.full(2, np.nan) if spacing is None else np.asarray(torch.as_tensor(spacing).cpu(), np.float64)
+            orig = points_to_original(points, matrix)
+            suffix = f"_{key}" if several else ""
+            d[self.orig_key + suffix] = orig
+            d[self.mm_key + suffix] = points_to_mm(orig, spacing.reshape(2))
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# the runner
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception of a ``raise ... from`` chain (MONAI wraps transform errors)."""
+    seen = set()
+    while error.__cause__ is not None and id(error) not in seen:
+        seen.add(id(error))
+        error = error.__cause__
+    return error
+
+
+def _reason(error: BaseException) -> str:
+    root = _root_cause(error)
+    return " ".join(f"{type(root).__name__}: {root}".split())
+
+
+class FolderInference:
+    """Predict landmarks for every image of a folder and write the results; failures are recorded.
+
+    Per image (one at a time, so memory stays that of one image): ``dataset[i]`` (the
+    ``preprocessing`` applied to ``{"id", "image"}``), ``inferer(image[None], network)``,
+    ``postprocessing`` on ``{**sample, "pred": heatmaps (N, H', W')}``, which must provide
+    ``pred_landmarks_orig`` (N, 2), ``pred_landmarks_mm`` (N, 2) and ``pred_confidence`` (N,), then
+    the writers (see the module docstring for the files). Any exception while doing so puts the
+    file into ``errors.csv`` (``status`` failed, the ``stage`` and the reason) and removes its
+    outputs of earlier runs; files that are not images are listed there as skipped. At the end the
+    run prints ``"N succeeded, M failed"``.
+
+    Args:
+        dataset: a MONAI ``Dataset`` over the items of :func:`scan_image_folder` with the
+            ``preprocessing`` as transform.
+        output_dir: output folder; must not be the input folder nor contain it.
+        network: the eager network (``network_def``), used with ``ckpt_path``.
+        inferer: called as ``inferer(inputs (1, C, H', W'), network)`` -> heatmaps ``(1, N, H', W')``.
+        postprocessing: callable on the sample dictionary (e.g. a ``Compose``).
+        device: device of the network and the input.
+        ckpt_path: weights for ``network`` (see :func:`load_weights`).
+        torchscript_path: if given, run this TorchScript model (``models/model.ts``) instead of
+            ``network`` + ``ckpt_path``.
+        allow_random_weights: run without a checkpoint (smoke tests only); otherwise a missing
+            checkpoint is an error before anything is written.
+        dataset_dir: the input folder (used to refuse an output folder that contains it).
+        skipped: relative paths of non-image files, listed in ``errors.csv`` as skipped.
+        landmark_names: the ``N`` names used in the CSV and JSON (default ``landmark_00`` ...).
+        label_radius: disc radius of the label image, original pixels.
+        label_format: ``"png"`` or ``"nii.gz"`` (or ``"nii"``).
+        overlay_max_size: longest side of the overlay PNG, pixels.
+        write_overlays, write_labels: switch these outputs off.
+        memory_format: ``torch.memory_format`` of the network input (e.g. ``torch.channels_last``).
+        progress: show a tqdm progress bar; ``None``: only when stderr is a terminal.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        output_dir: PathLike,
+        network: torch.nn.Module,
+        inferer,
+        postprocessing,
+        device: str | torch.device = "cpu",
+        ckpt_path: PathLike | None = None,
+        torchscript_path: PathLike | None = None,
+        allow_random_weights: bool = False,
+        dataset_dir: PathLike | None = None,
+        skipped: Sequence[str] = (),
+        landmark_names: Sequence[str] | None = None,
+        label_radius: float = 5.0,
+        label_format: str = "png",
+        overlay_max_size: int = 1024,
+        write_overlays: bool = True,
+        write_labels: bool = True,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        progress: bool | None = None,
+    ) -> None:
+        if label_format not in ("png", "nii", "nii.gz"):
+            raise ValueError(f"label_format must be 'png', 'nii' or 'nii.gz', got {label_format!r}.")
+        self.dataset = dataset
+        self.output_dir = Path(output_dir).expanduser().absolute()
+        self.network = network
+        self.inferer = inferer
+        self.postprocessing = postprocessing
+        self.device = torch.device(device)
+        self.ckpt_path = None if ckpt_path is None else os.fspath(ckpt_path)
+        self.torchscript_path = None if torchscript_path is None else os.fspath(torchscript_path)
+        self.allow_random_weights = bool(allow_random_weights)
+        self.dataset_dir = None if dataset_dir is None else Path(dataset_dir).expanduser().absolute()
+        self.skipped = list(skipped)
+        self.landmark_names = None if landmark_names is None else [str(n) for n in landmark_names]
+        self.label_radius = float(label_radius)
+        self.label_suffix = "." + label_format
+        self.overlay_max_size = int(overlay_max_size)
+        self.write_overlays = bool(write_overlays)
+        self.write_labels = bool(write_labels)
+        self.memory_format = memory_format
+        self.progress = progress
+
+    # -- set-up
+
+    def load_network(self) -> torch.nn.Module:
+        """The network to run, in eval mode: TorchScript, or ``network`` with the checkpoint loaded.
+
+        Raises:
+            FileNotFoundError: the TorchScript file or the checkpoint is missing (the latter unless
+                ``allow_random_weights``).
+        """
+        if self.torchscript_path is not None:
+            if not os.path.isfile(self.torchscript_path):
+                raise FileNotFoundError(
+                    f"TorchScript model {self.torchscript_path} not found: export it with `python -m monai.bundle "
+                    "ckpt_export ...` (see the README) or set --use_torchscript false."
+                )
+            network = torch.jit.load(self.torchscript_path, map_location=self.device)
+        elif self.ckpt_path is not None and os.path.isfile(self.ckpt_path):
+            network = load_weights(self.network, self.ckpt_path).to(self.device)
+        elif self.allow_random_weights:
+            logger.warning("no checkpoint loaded: running with RANDOM weights (allow_random_weights is set).")
+            network = self.network.to(self.device)
+        else:
+            raise FileNotFoundError(
+                f"checkpoint {self.ckpt_path} not found: train the model first, pass --ckpt_path PATH, or use "
+                "--use_torchscript true for models/model.ts (--allow_random_weights true runs untrained weights, "
+                "for smoke tests only)."
+            )
+        return network.eval()
+
+    def _check_folders(self) -> None:
+        if self.dataset_dir is None:
+            return
+        out, inp = self.output_dir.resolve(), self.dataset_dir.resolve()
+        if _is_within(inp, out):
+            raise ValueError(
+                f"output folder {out} is the input folder or contains it ({inp}); choose another --output_dir "
+                "so that inputs can never be overwritten."
+            )
+
+    # -- one image
+
+    def _predict(self, sample: dict, network: torch.nn.Module) -> dict:
+        image = torch.as_tensor(sample["image"])
+        if image.ndim != 3:
+            raise ValueError(f"preprocessing gave an image of shape {tuple(image.shape)}, expected (C, H, W).")
+        inputs = image[None].to(self.device, memory_format=self.memory_format)
+        heatmaps = self.inferer(inputs, network)
+        return {**sample, "pred": heatmaps[0].detach().float().cpu()}
+
+    def _result(self, sample: dict, image_id: str) -> LandmarkResult:
+        spacing = np.asarray(sample.get("spacing", (np.nan, np.nan)), dtype=np.float64).reshape(2)
+        known = bool(np.isfinite(spacing).all())
+        return LandmarkResult(
+            image=image_id,
+            image_hw=tuple(int(v) for v in np.asarray(sample["orig_hw"]).reshape(2)),
+            points_px=sample["pred_landmarks_orig"],
+            confidence=sample["pred_confidence"],
+            spacing=(float(spacing[0]), float(spacing[1])) if known else None,
+            spacing_source=str(sample.get("spacing_source", "unknown")) if known else "unknown",
+            points_mm=sample["pred_landmarks_mm"],
+        )
+
+    def _outputs(self, image_id: str) -> dict[str, Path]:
+        paths = {"json": output_path(self.output_dir, "landmarks", image_id, ".json")}
+        if self.write_overlays:
+            paths["overlay"] = output_path(self.output_dir, "overlays", image_id, ".png")
+        if self.write_labels:
+            paths["label"] = output_path(self.output_dir, "labels", image_id, self.label_suffix)
+        return paths
+
+    def _write(self, result: LandmarkResult, source: str, paths: dict[str, Path]) -> None:
+        names = self.landmark_names
+        if "overlay" in paths:
+            original = read_image(source).array
+            if original.shape != result.image_hw:
+                raise ValueError(f"{source}: read as {original.shape}, preprocessed as {result.image_hw}.")
+            labels = [str(k) for k in range(result.num_landmarks)]
+            write_overlay_png(paths["overlay"], original, result.points_px, labels, self.overlay_max_size)
+            del original
+        if "label" in paths:
+            label = landmark_label_image(result.points_px, result.image_hw, self.label_radius)
+            write_label_image(paths["label"], label, result.spacing)
+        write_landmarks_json(paths["json"], result, names)
+
+    # -- the folder
+
+    def run(self) -> dict[str, list[str]]:
+        """Process every item; returns ``{"succeeded": [...], "failed": [...], "skipped": [...]}`` (ids)."""
+        network = self.load_network()
+        self._check_folders()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        items = list(self.dataset.data)
+        names = self.landmark_names
+        summary: dict[str, list[str]] = {"succeeded": [], "failed": [], "skipped": list(self.skipped)}
+        errors = [
+            {"image": rel, "status": "skipped", "stage": "scan", "reason": "not an image file (unknown suffix, no DICOM magic)"}
+            for rel in self.skipped
+        ]
+        csv_writer = None
+        show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
+        try:
+            with torch.inference_mode(), tqdm(total=len(items), disable=not show, unit="image") as bar:
+                for index, item in enumerate(items):
+                    image_id = str(item.get("id", Path(item["image"]).name))
+                    stage = "preprocessing"
+                    paths: dict[str, Path] = {}
+                    try:
+                        paths = self._outputs(image_id)
+                        sample = self.dataset[index]
+                        stage = "inference"
+                        sample = self._predict(sample, network)
+                        stage = "postprocessing"
+                        result = self._result(self.postprocessing(sample), image_id)
+                        if names is None:
+                            names = [f"landmark_{k:02d}" for k in range(result.num_landmarks)]
+                        if csv_writer is None:
+                            csv_writer = LandmarkCsvWriter(self.output_dir / "landmarks.csv", names)
+                        stage = "writing"
+                        self._write(result, item["image"], paths)
+                        csv_writer.write(result)
+                        summary["succeeded"].append(image_id)
+                    except Exception as err:  # one bad file must not stop the folder
+                        if stage == "preprocessing" and isinstance(_root_cause(err), ImageReadError):
+                            stage = "reading"
+                        logger.warning("%s: %s failed: %s", image_id, stage, _reason(err))
+                        for path in paths.values():
+                            with contextlib.suppress(FileNotFoundError):
+                                path.unlink()
+                        errors.append({"image": image_id, "status": "failed", "stage": stage, "reason": _reason(err)})
+                        summary["failed"].append(image_id)
+                    bar.update(1)
+        finally:
+            if csv_writer is None:
+                csv_writer = LandmarkCsvWriter(self.output_dir / "landmarks.csv", names or [])
+            csv_writer.close()
+            write_error_csv(self.output_dir / "errors.csv", errors)
+            message = f"{len(summary['succeeded'])} succeeded, {len(summary['failed'])} failed"
+            if self.skipped:
+                message += f", {len(self.skipped)} non-image file(s) skipped"
+            print(f"{message}; results in {self.output_dir}" + (
+                f", failures listed in {self.output_dir / 'errors.csv'}" if errors else ""), flush=True)
+        return summary
+
+    __call__ = run
+
