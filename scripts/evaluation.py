@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,20 +19,19 @@ from ignite.engine import Engine, Events
 
 from scripts.engines import original_points_transform
 from scripts.metrics import evaluation_report, plot_cumulative_error
+from scripts.writers import atomic_write
 
 __all__ = ["EvaluationReportWriter", "write_csv", "write_json"]
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+    """``write(file)`` into a temporary file renamed to ``path`` (see ``scripts.writers.atomic_write``)."""
+
+    def fill(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
             write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    atomic_write(path, fill)
 
 
 def write_csv(path: str | Path, rows: Sequence[dict]) -> None:

@@ -126,3 +126,27 @@ def test_ddp_training_on_cpu_with_gloo(tiny_dataset, tmp_path):
     net = _load_network(tmp_path / "models" / "model.pt")  # a plain state dict, not DDP "module." keys
     out = net(torch.zeros(1, 1, 64, 64))
     assert torch.isfinite(out).all()
+
+
+def test_lower_limb_preset_trains_and_evaluates_in_mm(tmp_path):
+    dataset = tmp_path / "limb"
+    generate_demo_dataset(dataset, kind="lower_limb", num_train=2, num_valid=2, seed=1, image_hw=(700, 280))
+    values = {
+        **_train_values(dataset, tmp_path),
+        "preset": "lower_limb",
+        "presets#lower_limb#spatial_size": [128, 48],
+        "presets#demo_hand#spatial_size": [64, 64],
+    }
+    run_bundle("training", [TRAIN], values)
+    net = SpatialConfigurationNet(num_landmarks=6, num_filters=8)
+    net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True))
+    eval_dir = tmp_path / "eval"
+    run_bundle("run", [TRAIN, EVALUATE], {**values, "eval_dir": str(eval_dir), "radii_mm": [10.0, 20.0]})
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    assert summary["num_landmarks"] == 6 and summary["count_mm"] == 2 * 6
+    assert "mean_nmm" not in summary  # real spacing, no normalised-mm rule for this preset
+    # mm errors are px errors times the 700x280 image's spacing from splits.csv
+    with open(dataset / "splits.csv") as f:
+        spacing = float(next(csv.DictReader(f))["spacing_x"])
+    assert summary["mean_mm"] == pytest.approx(summary["mean_px"] * spacing, rel=1e-4)
+    assert {"sdr_mm_10", "sdr_mm_20"} <= set(summary)
