@@ -1,14 +1,20 @@
-"""Helpers shared by the tests: writing small real image files."""
+"""Helpers shared by the tests: writing small real image files, running bundle workflows."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["write_dicom", "DX_FOR_PRESENTATION"]
+__all__ = ["write_dicom", "DX_FOR_PRESENTATION", "BUNDLE_ROOT", "run_bundle"]
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
 #: SOP class "Digital X-Ray Image Storage - For Presentation".
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
@@ -64,3 +70,23 @@ def write_dicom(path, array, *, preamble: bool = True, transfer_syntax=ExplicitV
         ds.compress(transfer_syntax, stored)
     ds.save_as(os.fspath(path), enforce_file_format=preamble)
     return os.fspath(path)
+
+
+def run_bundle(run_id: str, config_files, values: dict, launcher: list[str] | None = None, timeout: int = 300) -> str:
+    """Run ``python -m monai.bundle run RUN_ID`` from the bundle root in a subprocess; return its log.
+
+    Args:
+        config_files: one config path, or a list merged left to right.
+        values: overrides, passed as ``--key value`` (non-strings as JSON).
+        launcher: command that starts Python, e.g. ``[torchrun, "--nproc_per_node", "2"]``.
+    """
+    config = config_files if isinstance(config_files, str) else (
+        config_files[0] if len(config_files) == 1 else str(list(config_files)))
+    cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", "run", run_id, "--config_file", config]
+    cmd += ["--bundle_root", str(BUNDLE_ROOT)]
+    for key, value in values.items():
+        cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(BUNDLE_ROOT))
+    proc = subprocess.run(cmd, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +27,7 @@ from scripts.engines import LastCheckpoint
 from scripts.heatmap import gaussian_heatmaps
 from scripts.losses import HeatmapLoss
 from scripts.networks import ConfidenceDiscriminator, PoseDiscriminator, SpatialConfigurationNet, StackedHourglass
+from tests.helpers import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 3
@@ -273,16 +271,6 @@ def test_config_takes_over_every_other_train_json_key():
     assert adversarial["train"]["base_handlers"] == f"%{TRAIN}::train#handlers"
 
 
-def _run_bundle(run_id: str, config: str, values: dict) -> str:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config, "--bundle_root", str(ROOT)]
-    for key, value in values.items():
-        cmd += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc.stdout + proc.stderr
-
-
 def test_adversarial_training_workflow_saves_generator_and_discriminators_and_resumes(tmp_path):
     dataset = tmp_path / "demo_hand"
     generate_demo_dataset(dataset, kind="hand", num_train=4, num_valid=2, seed=3)
@@ -300,7 +288,7 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
         "discriminator_channels": 8,
         "discriminator_downsamples": 2,
     }
-    log = _run_bundle("training", ADVERSARIAL, values)  # the single-file form
+    log = run_bundle("training", ADVERSARIAL, values)  # the single-file form
     assert "Best validation mean point error (network px)" in log
     generator = StackedHourglass(num_landmarks=37, num_channels=8, depth=2)
     generator.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True))
@@ -314,7 +302,7 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
     assert {"network", "optimizer", "pose_optimizer", "confidence_optimizer"} <= set(state)
 
     # merged over train.json, resuming: discriminators continue from last.pt
-    log = _run_bundle("training", str([TRAIN, ADVERSARIAL]), {**values, "max_epochs": 2, "resume": True})
+    log = run_bundle("training", str([TRAIN, ADVERSARIAL]), {**values, "max_epochs": 2, "resume": True})
     assert "resumed from" in log
     resumed = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
     assert resumed["trainer"]["iteration"] == 4
@@ -327,7 +315,7 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
                    "num_channels": 8, "depth": 2}
     eval_dir = tmp_path / "eval"
     eval_values = {k: values[k] for k in ("dataset_dir", "ckpt_dir", "output_dir", "spatial_size")}
-    _run_bundle("run", str([TRAIN, "configs/evaluate.json"]),
+    run_bundle("run", str([TRAIN, "configs/evaluate.json"]),
                 {**eval_values, "split": "valid", "eval_dir": str(eval_dir), "network_def": network_def})
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert summary["num_images"] == 2 and summary["num_landmarks"] == 37 and math.isfinite(summary["mean_px"])

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 
 from scripts.demo_data import generate_demo_dataset
 from scripts.networks.scn import SpatialConfigurationNet
+from tests.helpers import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = "configs/train.json"
@@ -32,23 +31,6 @@ def tiny_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "demo_hand"
     generate_demo_dataset(out, kind="hand", num_train=4, num_valid=2, seed=3)
     return out
-
-
-def _overrides(values: dict) -> list[str]:
-    args = []
-    for key, value in values.items():
-        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
-    return args
-
-
-def run_bundle(run_id: str, config_files: list[str], values: dict, launcher: list[str] | None = None, timeout=300):
-    config = config_files[0] if len(config_files) == 1 else str(config_files)
-    cmd = (launcher or [sys.executable]) + ["-m", "monai.bundle", "run", run_id, "--config_file", config]
-    cmd += ["--bundle_root", str(ROOT)] + _overrides(values)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc.stdout + proc.stderr
 
 
 def _train_values(dataset: Path, work: Path, **extra) -> dict:
