@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
+from monai.bundle import ConfigParser
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["write_dicom", "DX_FOR_PRESENTATION", "BUNDLE_ROOT", "run_bundle"]
+__all__ = ["write_dicom", "DX_FOR_PRESENTATION", "BUNDLE_ROOT", "run_bundle", "SMALL", "tiny_checkpoint"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,3 +92,22 @@ def run_bundle(run_id: str, config_files, values: dict, launcher: list[str] | No
     proc = subprocess.run(cmd, cwd=BUNDLE_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc.stdout + proc.stderr
+
+
+#: overrides giving a tiny SCN on a 32x32 grid, for fast tests of the configs
+SMALL = {"num_filters": 4, "network_def#sc_num_filters": 4, "spatial_size": [32, 32], "amp": False}
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """Save random weights of the config's ``network_def`` (with ``SMALL``) with non-trivial outputs."""
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.json"))
+    for key, value in SMALL.items():
+        parser[key] = value
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = parser.get_parsed_content("network_def")
+        torch.nn.init.normal_(net.la_output.weight, std=0.05)
+        torch.nn.init.normal_(net.sc_output.weight, std=0.05)
+    torch.save(net.state_dict(), path)
+    return path

@@ -18,7 +18,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 from scripts.demo_data import generate_demo_dataset
-from tests.test_inference import SMALL, tiny_checkpoint
+from tests.helpers import SMALL, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

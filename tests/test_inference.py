@@ -39,30 +39,13 @@ from scripts.writers import (
     render_overlay,
     write_label_image,
 )
-from tests.helpers import write_dicom
+from tests.helpers import SMALL, tiny_checkpoint, write_dicom
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "inference.json"
 TRAIN_CONFIG = ROOT / "configs" / "train.json"
 META = ROOT / "configs" / "metadata.json"
 NUM_LANDMARKS = 37
-#: a tiny network on a 32 x 32 grid, for speed
-SMALL = {"num_filters": 4, "network_def#sc_num_filters": 4, "spatial_size": [32, 32], "amp": False}
-
-
-def tiny_checkpoint(path: Path) -> Path:
-    """Save random weights of the config's ``network_def`` (with ``SMALL``) with non-trivial outputs."""
-    parser = ConfigParser()
-    parser.read_config(str(CONFIG))
-    for key, value in SMALL.items():
-        parser[key] = value
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = parser.get_parsed_content("network_def")
-        torch.nn.init.normal_(net.la_output.weight, std=0.05)
-        torch.nn.init.normal_(net.sc_output.weight, std=0.05)
-    torch.save(net.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")
