@@ -256,7 +256,7 @@ def test_distributed_generator_is_rejected():
 TRAIN = "configs/train.json"
 ADVERSARIAL = "configs/train_adversarial.json"
 #: top-level keys of train.json that train_adversarial.json deliberately replaces instead of taking them over
-REPLACED = {"network_def", "gamma", "loss", "train"}
+REPLACED = {"network_def", "loss", "train"}
 
 
 def test_config_takes_over_every_other_train_json_key():
