@@ -19,7 +19,6 @@ Example (60 CPU minutes)::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -36,6 +35,7 @@ from ignite.engine import Events  # noqa: E402
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
 from scripts.data import LandmarkDataset  # noqa: E402
+from scripts.evaluation import write_csv  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -115,7 +115,7 @@ def main(argv=None) -> dict:
         if reached and minutes <= train_minutes + 1e-6:
             best = min(reached, key=lambda c: c["val_mean_error_net_px"])
             budgets.append({"budget_minutes": minutes, **best})
-    _write_rows(out / "budgets.csv", budgets)
+    write_csv(out / "budgets.csv", budgets)
 
     splits = [s for s in LandmarkDataset(overrides["dataset_dir"]).split_names() if s != "train"]
     summaries = {}
@@ -148,18 +148,8 @@ def main(argv=None) -> dict:
     return result
 
 
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        path.write_text("")
-        return
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
 def _write_curve(out: Path, curve: list[dict]) -> None:
-    _write_rows(out / "learning_curve.csv", curve)
+    write_csv(out / "learning_curve.csv", curve)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([c["minutes"] for c in curve], [c["val_mean_error_net_px"] for c in curve], marker="o")
     ax.set_xlabel("training wall-clock (minutes)")

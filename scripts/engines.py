@@ -17,8 +17,7 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 from monai.utils import CommonKeys as Keys
 
-from scripts.coords import apply_matrix, invert_matrix
-from scripts.heatmap import decode_heatmaps
+from scripts.heatmap import decode_heatmaps, points_to_original
 
 __all__ = [
     "TARGET_KEYS",
@@ -130,9 +129,7 @@ def original_points_transform(output: Mapping):
     """Engine output -> ``(pred_points, true_points)`` in original-image px (ground truth from the annotation)."""
     label = output[Keys.LABEL]
     pred_net = decode_batch_points(output[Keys.PRED])
-    orig_from_net = invert_matrix(label["net_from_orig"].double())
-    pred_orig = apply_matrix(pred_net.double(), orig_from_net).float()
-    return pred_orig, label["landmarks_orig"].float()
+    return points_to_original(pred_net, label["net_from_orig"]).float(), label["landmarks_orig"].float()
 
 
 def lower_is_better(current: float, best: float) -> bool:

@@ -9,6 +9,7 @@ copy. Units are in every column name (see ``scripts.metrics.evaluation_report``)
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -19,19 +20,9 @@ from ignite.engine import Engine, Events
 
 from scripts.engines import original_points_transform
 from scripts.metrics import evaluation_report, plot_cumulative_error
-from scripts.writers import atomic_write
+from scripts.writers import write_text
 
 __all__ = ["EvaluationReportWriter", "write_csv", "write_json"]
-
-
-def _atomic_write(path: Path, write) -> None:
-    """``write(file)`` into a temporary file renamed to ``path`` (see ``scripts.writers.atomic_write``)."""
-
-    def fill(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            write(f)
-
-    atomic_write(path, fill)
 
 
 def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
@@ -39,13 +30,11 @@ def write_csv(path: str | Path, rows: Sequence[dict]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
-
-    def write(f):
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-    _atomic_write(Path(path), write)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def write_json(path: str | Path, obj) -> None:
@@ -61,7 +50,7 @@ def write_json(path: str | Path, obj) -> None:
             return int(value)
         return value
 
-    _atomic_write(Path(path), lambda f: json.dump(clean(obj), f, indent=2))
+    write_text(path, json.dumps(clean(obj), indent=2))
 
 
 class EvaluationReportWriter:
@@ -141,15 +130,9 @@ class EvaluationReportWriter:
             write_csv(out / f"{table}.csv", report[table])
         self.summary = {"split": self.split, **report["summary"]}
         write_json(out / "summary.json", self.summary)
-        errors_by_unit: dict[str, dict] = {}
-        for row in report["per_point"]:
-            for key, value in row.items():
-                if key.startswith("error_"):
-                    errors_by_unit.setdefault(key[len("error_"):], []).append(value)
-        for unit, values in errors_by_unit.items():
-            values = np.asarray(values, dtype=float)
-            if np.isfinite(values).any():
-                plot_cumulative_error(values, out / f"cumulative_error_{unit}.png", unit=unit, title=f"split {self.split}")
+        for unit, errors in report["errors"].items():
+            if np.isfinite(errors).any():
+                plot_cumulative_error(errors, out / f"cumulative_error_{unit}.png", unit=unit, title=f"split {self.split}")
         s = self.summary
         line = f"split '{self.split}': {s['num_images']} images, mean error {s['mean_px']:.2f} px (original), IPE {s['ipe_px256']:.3f} px@256"
         for unit in ("mm", "nmm"):

@@ -317,7 +317,8 @@ def evaluation_report(
         flat dicts (CSV rows) and a flat dict (JSON). Keys name their unit; SDR keys read
         ``sdr_<unit>_<radius>`` (fraction with error <= radius), outlier keys
         ``outliers_<unit>_<radius>`` (per image: count; summary: mean count per image) and
-        ``outlier_percent_<unit>_<radius>``.
+        ``outlier_percent_<unit>_<radius>``. ``"errors"`` maps each unit to its ``(B, N)`` error
+        array (NaN where a landmark is missing).
     """
     pred, true = _as_points(pred_orig, "pred_orig"), _as_points(true_orig, "true_orig")
     if pred.ndim != 3 or pred.shape != true.shape:
@@ -380,7 +381,8 @@ def evaluation_report(
             summary[f"outliers_{key}"] = float(counts[evaluated].mean()) if evaluated.any() else float("nan")
             summary[f"outlier_percent_{key}"] = percent
     summary["ipe_px256"] = summary["mean_px256"]
-    return {"per_point": per_point, "per_image": per_image, "per_landmark": per_landmark, "summary": summary}
+    return {"per_point": per_point, "per_image": per_image, "per_landmark": per_landmark, "summary": summary,
+            "errors": errors}
 
 
 def plot_cumulative_error(errors, path: str | Path, unit: str, title: str | None = None) -> Path:

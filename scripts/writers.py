@@ -38,6 +38,7 @@ __all__ = [
     "COORDINATE_CONVENTION",
     "LandmarkResult",
     "atomic_write",
+    "write_text",
     "output_path",
     "write_landmarks_json",
     "landmark_csv_header",
@@ -166,7 +167,9 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
-def _write_text(path: PathLike, text: str) -> Path:
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
@@ -208,7 +211,7 @@ def write_landmarks_json(path: PathLike, result: LandmarkResult, landmark_names:
         "coordinate_convention": COORDINATE_CONVENTION,
         "landmarks": landmarks,
     }
-    return _write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 
 def landmark_csv_header(landmark_names: Sequence[str]) -> list[str]:
