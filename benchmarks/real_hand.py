@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import matplotlib  # noqa: E402
+import torch  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -43,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--dataset_dir", default=str(ROOT.parent / "shared" / "data" / "hand-ipilab"))
     p.add_argument("--budget-minutes", type=float, default=60.0, help="wall-clock training budget")
     p.add_argument("--out", default=str(ROOT / "bench_out" / "hand"))
+    p.add_argument("--config", default="configs/train.json",
+                   help="training config, relative to the bundle root (e.g. configs/train_adversarial.json)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--preset", default="hand")
     p.add_argument("--num-filters", type=int, default=64)
     p.add_argument("--sigma", type=float, default=None, help="heatmap sigma (network px); preset value if unset")
@@ -55,6 +60,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     overrides = {
@@ -73,7 +80,8 @@ def main(argv=None) -> dict:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
 
-    train = ConfigWorkflow(config_file=str(ROOT / "configs" / "train.json"), workflow_type="train",
+    os.chdir(ROOT)  # configs/train_adversarial.json reads train.json through paths relative to the bundle root
+    train = ConfigWorkflow(config_file=str(ROOT / args.config), workflow_type="train",
                            meta_file=str(ROOT / "configs" / "metadata.json"), **overrides)
     train.initialize()
     trainer = train.parser.get_parsed_content("train#trainer")
@@ -117,20 +125,22 @@ def main(argv=None) -> dict:
             budgets.append({"budget_minutes": minutes, **best})
     write_csv(out / "budgets.csv", budgets)
 
+    # evaluation always runs train.json + evaluate.json; another training config's generator comes along
+    eval_overrides = {**overrides, "network_def": train.parser.get("network_def")}
     splits = [s for s in LandmarkDataset(overrides["dataset_dir"]).split_names() if s != "train"]
     summaries = {}
     for split in splits:
         ev = ConfigWorkflow(
             config_file=[str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "evaluate.json")],
             workflow_type="eval", meta_file=str(ROOT / "configs" / "metadata.json"),
-            **{**overrides, "split": split, "eval_dir": str(out / "eval" / split)},
+            **{**eval_overrides, "split": split, "eval_dir": str(out / "eval" / split)},
         )
         ev.initialize()
         ev.run()
         ev.finalize()
         summaries[split] = json.loads((out / "eval" / split / "summary.json").read_text())
 
-    result = {"train_minutes": train_minutes, "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,
+    result = {"config": args.config, "threads": torch.get_num_threads(), "train_minutes": train_minutes, "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,
               "overrides": overrides, "budgets": budgets, "splits": summaries}
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(f"\ntrained {train_minutes:.1f} min, {trainer.state.epoch} epochs, {trainer.state.iteration} iterations")

@@ -417,20 +417,35 @@ class AdversarialLandmarkTrainer(Trainer):
             pred_net, points, targets.get("net_from_orig"), targets.get("spacing"), engine.threshold_mm, engine.threshold_px
         )
 
+        # a term with weight 0 is neither computed nor trained: alpha = beta = 0 is the plain generator
+        use_pose, use_conf = engine.beta != 0.0, engine.alpha != 0.0
+        zero = torch.zeros((), device=image.device)
+        loss_d_pose = loss_d_conf = loss_adv_pose = loss_adv_conf = zero
+
         # 1) discriminators: real -> 1, generated (detached) -> fake labels
-        real_n = normalise_heatmaps_for_discriminator(real)
-        fake_n = normalise_heatmaps_for_discriminator(fake.detach())
-        for _ in range(engine.discriminator_steps):
-            engine.pose_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-            engine.confidence_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-            with engine._autocast():
-                pose_real, pose_fake = engine.pose_discriminator(image, real_n), engine.pose_discriminator(image, fake_n)
-                conf_real, conf_fake = engine.confidence_discriminator(real_n), engine.confidence_discriminator(fake_n)
-            loss_d_pose = discriminator_loss(pose_real, pose_fake, labels, mask)
-            loss_d_conf = discriminator_loss(conf_real, conf_fake, labels, mask)
-            (loss_d_pose + loss_d_conf).backward()
-            engine.pose_optimizer.step()
-            engine.confidence_optimizer.step()
+        if use_pose or use_conf:
+            real_n = normalise_heatmaps_for_discriminator(real)
+            fake_n = normalise_heatmaps_for_discriminator(fake.detach())
+            for _ in range(engine.discriminator_steps):
+                loss_d = zero
+                with engine._autocast():
+                    if use_pose:
+                        engine.pose_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+                        pose_real, pose_fake = engine.pose_discriminator(image, real_n), engine.pose_discriminator(image, fake_n)
+                    if use_conf:
+                        engine.confidence_optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+                        conf_real, conf_fake = engine.confidence_discriminator(real_n), engine.confidence_discriminator(fake_n)
+                if use_pose:
+                    loss_d_pose = discriminator_loss(pose_real, pose_fake, labels, mask)
+                    loss_d = loss_d + loss_d_pose
+                if use_conf:
+                    loss_d_conf = discriminator_loss(conf_real, conf_fake, labels, mask)
+                    loss_d = loss_d + loss_d_conf
+                loss_d.backward()
+                if use_pose:
+                    engine.pose_optimizer.step()
+                if use_conf:
+                    engine.confidence_optimizer.step()
 
         # 2) generator: heatmap loss on every stack + adversarial terms through the (frozen) discriminators
         _set_requires_grad(engine.pose_discriminator, False)
@@ -449,10 +464,12 @@ class AdversarialLandmarkTrainer(Trainer):
             )
             fake_n = normalise_heatmaps_for_discriminator(fake)
             with engine._autocast():
-                pose_logits = engine.pose_discriminator(image, fake_n)
-                conf_logits = engine.confidence_discriminator(fake_n)
-            loss_adv_pose = generator_adversarial_loss(pose_logits, mask)
-            loss_adv_conf = generator_adversarial_loss(conf_logits, mask)
+                pose_logits = engine.pose_discriminator(image, fake_n) if use_pose else None
+                conf_logits = engine.confidence_discriminator(fake_n) if use_conf else None
+            if use_pose:
+                loss_adv_pose = generator_adversarial_loss(pose_logits, mask)
+            if use_conf:
+                loss_adv_conf = generator_adversarial_loss(conf_logits, mask)
             loss = engine.mse_weight * loss_mse + engine.alpha * loss_adv_conf + engine.beta * loss_adv_pose
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
             loss.backward()
