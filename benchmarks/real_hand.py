@@ -9,7 +9,7 @@ added there is measured too). Writes, under ``--out``:
   (network grid px, which is px@256 for the 256x256 preset, and original px);
 * ``budgets.csv``: the best validation error reached within each budget in ``--report-minutes``;
 * ``eval/<split>/``: the full evaluation report (CSVs, summary.json, cumulative-error plots);
-* ``models/``: ``model.pt`` (best on valid) and ``last.pt``.
+* ``models/``: ``model.pt`` (best on valid) and ``last.ckpt``.
 
 Example (60 CPU minutes)::
 

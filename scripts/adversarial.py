@@ -28,7 +28,7 @@ Workflow: ``configs/train_adversarial.json`` takes every other key of ``configs/
 ``%configs/train.json::<key>`` macros (data, presets, augmentation, validation, checkpoints, logs,
 progress, resume) and replaces ``network_def`` (the hourglass), ``loss``, ``gamma`` and ``train#trainer``
 (this engine; ``train#handlers`` are train.json's with the discriminators and their optimizers added to
-``last.pt``). MONAI reads such macro paths from the working directory, so run it from the bundle root::
+``last.ckpt``). MONAI reads such macro paths from the working directory, so run it from the bundle root::
 
     python -m monai.bundle run training --config_file configs/train_adversarial.json
     python -m monai.bundle run training --config_file configs/train_adversarial.json --preset lower_limb
@@ -221,7 +221,7 @@ def with_checkpoint_entries(handlers: Iterable, entries: Mapping[str, Any]) -> l
     """Copy of a handler list in which every :class:`scripts.engines.LastCheckpoint` also saves ``entries``.
 
     Used by configs/train_adversarial.json to add the discriminators and their optimizers to train.json's
-    ``last.pt`` without repeating its handler list.
+    ``last.ckpt`` without repeating its handler list.
 
     Raises:
         ValueError: if the list has no LastCheckpoint, or an entry name is already saved.

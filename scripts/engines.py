@@ -137,11 +137,37 @@ def lower_is_better(current: float, best: float) -> bool:
     return best < 0 or current < best
 
 
+class FinalValidation:
+    """Validates once more when training ends, unless its last epoch was just validated.
+
+    ``ValidationHandler`` validates every ``interval`` epochs; a run whose epoch count is not a multiple
+    of it (e.g. MONAI Label's short trainings, or ``--max_epochs 1``) would otherwise end without
+    validating its last epoch, so the best checkpoint (``models/model.pt``) would not consider it.
+    Attach it after ``ValidationHandler`` and before handlers that report the best metric.
+
+    Args:
+        validator: the evaluator, run as ``validator.run(epoch)`` like ``ValidationHandler`` does.
+        interval: the ``ValidationHandler``'s epoch interval.
+    """
+
+    def __init__(self, validator, interval: int) -> None:
+        self.validator = validator
+        self.interval = max(1, int(interval))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        if epoch > 0 and epoch % self.interval != 0:
+            self.validator.run(epoch)
+
+
 class LastCheckpoint:
     """Saves the training state to one file after every epoch, atomically, and restores it on start.
 
     Args:
-        path: checkpoint file (e.g. ``models/last.pt``).
+        path: checkpoint file (e.g. ``models/last.ckpt``).
         save_dict: objects with ``state_dict``/``load_state_dict`` (network, optimizer, loss, ...); the
             engine it is attached to is added as ``"trainer"`` (epoch and iteration counters).
         resume: load ``path`` when the trainer starts, if it exists.

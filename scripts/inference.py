@@ -10,6 +10,9 @@ Used by ``configs/inference.json``::
 * :class:`DecodeLandmarksd` and :class:`LandmarksToOriginald` are the ``postprocessing``: heatmaps
   ``pred`` ``(N, H', W')`` -> points in network pixels and a confidence -> points in original pixels
   and mm (axis order and pixel centres of :mod:`scripts.coords`).
+* :class:`LandmarkLabelOutputd` ends the ``postprocessing`` with the bundle's post-processed
+  output, the form MONAI Label's bundle tasks expect: ``pred`` becomes the label image of the
+  predicted landmarks (disc of value ``k + 1`` per landmark) and ``result`` their coordinates (JSON).
 * :class:`FolderInference` loads the weights, runs preprocessing, inferer and postprocessing on one
   file at a time and writes with :mod:`scripts.writers`; a file that fails is recorded in
   ``OUT/errors.csv`` with its reason and the others go on.
@@ -41,6 +44,7 @@ from scripts.writers import (
     LandmarkCsvWriter,
     LandmarkResult,
     landmark_label_image,
+    landmarks_document,
     output_path,
     write_error_csv,
     write_label_image,
@@ -56,6 +60,8 @@ __all__ = [
     "DecodeLandmarks",
     "DecodeLandmarksd",
     "LandmarksToOriginald",
+    "landmark_result",
+    "LandmarkLabelOutputd",
     "FolderInference",
 ]
 
@@ -144,7 +150,7 @@ def load_weights(network: torch.nn.Module, ckpt_path: PathLike) -> torch.nn.Modu
 
     Accepts a plain ``state_dict`` (what ``CheckpointSaver`` writes for one object, e.g.
     ``models/model.pt``) or a dict holding it under ``"model"`` or ``"network"`` (e.g.
-    ``models/last.pt``); a ``"module."`` prefix (DistributedDataParallel) is removed.
+    ``models/last.ckpt``); a ``"module."`` prefix (DistributedDataParallel) is removed.
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
@@ -267,6 +273,69 @@ class LandmarksToOriginald(MapTransform):
             suffix = f"_{key}" if several else ""
             d[self.orig_key + suffix] = orig
             d[self.mm_key + suffix] = points_to_mm(orig, spacing.reshape(2))
+        return d
+
+
+def landmark_result(sample: Mapping, image_id: str) -> LandmarkResult:
+    """The :class:`scripts.writers.LandmarkResult` of a post-processed sample.
+
+    Reads ``orig_hw``, ``pred_landmarks_orig`` ``(N, 2)``, ``pred_landmarks_mm`` ``(N, 2)``,
+    ``pred_confidence`` ``(N,)``, ``spacing`` (NaN pair when unknown) and ``spacing_source``.
+    """
+    spacing = np.asarray(sample.get("spacing", (np.nan, np.nan)), dtype=np.float64).reshape(2)
+    known = bool(np.isfinite(spacing).all())
+    return LandmarkResult(
+        image=image_id,
+        image_hw=tuple(int(v) for v in np.asarray(sample["orig_hw"]).reshape(2)),
+        points_px=sample["pred_landmarks_orig"],
+        confidence=sample["pred_confidence"],
+        spacing=(float(spacing[0]), float(spacing[1])) if known else None,
+        spacing_source=str(sample.get("spacing_source", "unknown")) if known else "unknown",
+        points_mm=sample["pred_landmarks_mm"],
+    )
+
+
+class LandmarkLabelOutputd(MapTransform):
+    """Post-processed output: the label image of the predicted landmarks, plus their coordinates as JSON.
+
+    Replaces ``d[label_key]`` (the heatmaps) with a uint8 label image of the original image's size,
+    a disc of value ``k + 1`` and radius ``radius`` original pixels around landmark ``k``
+    (:func:`scripts.writers.landmark_label_image`), and writes ``d[result_key]`` =
+    :func:`scripts.writers.landmarks_document` (original pixels, mm, confidence; JSON-serialisable).
+
+    The label array is indexed ``[x, y]``, shape ``(W, H)``: the spatial order of arrays from
+    MONAI's ``LoadImage``, which MONAI's and MONAI Label's image writers transpose back when saving,
+    so the saved file is upright. This is the one place where the bundle's ``[row, col]`` arrays
+    are converted (see :mod:`scripts.coords`); the coordinates in ``result`` are ``(x, y)`` pixels.
+
+    Args:
+        radius: disc radius, original pixels.
+        landmark_names: the ``N`` names of the JSON (default ``landmark_00`` ...).
+        label_key, result_key: keys written.
+        image_path_keys: keys tried, in order, for the image name in the JSON (``id`` of the folder
+            datalist, ``image_path`` of MONAI Label).
+    """
+
+    def __init__(
+        self,
+        radius: float = 5.0,
+        landmark_names: Sequence[str] | None = None,
+        label_key: str = "pred",
+        result_key: str = "result",
+        image_path_keys: Sequence[str] = ("id", "image_path"),
+    ) -> None:
+        super().__init__(label_key)
+        self.radius = float(radius)
+        self.landmark_names = None if landmark_names is None else list(landmark_names)
+        self.label_key, self.result_key = label_key, result_key
+        self.image_path_keys = tuple(image_path_keys)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        name = next((str(d[k]) for k in self.image_path_keys if d.get(k) is not None), "")
+        result = landmark_result(d, os.path.basename(name) if os.path.isabs(name) else name)
+        d[self.label_key] = np.ascontiguousarray(landmark_label_image(result.points_px, result.image_hw, self.radius).T)
+        d[self.result_key] = landmarks_document(result, self.landmark_names)
         return d
 
 
@@ -417,19 +486,6 @@ class FolderInference:
         heatmaps = self.inferer(inputs, network)
         return {**sample, "pred": heatmaps[0].detach().float().cpu()}
 
-    def _result(self, sample: dict, image_id: str) -> LandmarkResult:
-        spacing = np.asarray(sample.get("spacing", (np.nan, np.nan)), dtype=np.float64).reshape(2)
-        known = bool(np.isfinite(spacing).all())
-        return LandmarkResult(
-            image=image_id,
-            image_hw=tuple(int(v) for v in np.asarray(sample["orig_hw"]).reshape(2)),
-            points_px=sample["pred_landmarks_orig"],
-            confidence=sample["pred_confidence"],
-            spacing=(float(spacing[0]), float(spacing[1])) if known else None,
-            spacing_source=str(sample.get("spacing_source", "unknown")) if known else "unknown",
-            points_mm=sample["pred_landmarks_mm"],
-        )
-
     def _outputs(self, image_id: str) -> dict[str, Path]:
         paths = {"json": output_path(self.output_dir, "landmarks", image_id, ".json")}
         if self.write_overlays:
@@ -480,7 +536,7 @@ class FolderInference:
                         stage = "inference"
                         sample = self._predict(sample, network)
                         stage = "postprocessing"
-                        result = self._result(self.postprocessing(sample), image_id)
+                        result = landmark_result(self.postprocessing(sample), image_id)
                         if names is None:
                             names = [f"landmark_{k:02d}" for k in range(result.num_landmarks)]
                         if csv_writer is None:

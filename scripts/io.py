@@ -321,7 +321,10 @@ def _dicom_pixels(path: PathLike, ds) -> np.ndarray:
 
 
 def _dicom_read(path: PathLike):
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
+    try:
+        from pydicom.pixels import apply_color_lut, apply_modality_lut
+    except ImportError:  # pydicom 2.x, e.g. beside MONAI Label (pydicom-seg needs pydicom < 3)
+        from pydicom.pixel_data_handlers.util import apply_color_lut, apply_modality_lut
 
     ds = _dicom_dataset(path, header_only=False)
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):

@@ -20,6 +20,7 @@ Sample keys written here: ``orig_hw`` (2,), ``spacing`` (2,) float32 (NaN pair i
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -35,6 +36,8 @@ from scripts.io import read_image
 
 __all__ = [
     "LoadLandmarkImaged",
+    "LabelImageToLandmarks",
+    "LandmarksFromLabelImaged",
     "ResizeWithLandmarks",
     "ResizeWithLandmarksd",
     "HistogramMatch",
@@ -214,6 +217,106 @@ class LoadLandmarkImaged(MapTransform):
                     raise ValueError(f"{record.path}: {err}") from None
                 d[self.points_key] = points.astype(np.float32)
                 d[self.orig_points_key] = points.astype(np.float32)
+        return d
+
+
+# ----------------------------------------------------------------------------------------------
+# landmarks from label images (MONAI Label datastores)
+
+
+class LabelImageToLandmarks(Transform):
+    """Landmarks from a label image with one region of value ``k + 1`` per landmark ``k`` (0 = background).
+
+    Landmark ``k`` is the centroid of the pixels equal to ``k + 1``: ``(x, y)`` = (mean column, mean
+    row) in the label's pixels (pixel centres at integers, :mod:`scripts.coords`). This inverts
+    :func:`scripts.writers.landmark_label_image` (a disc, or a single pixel, per landmark); a disc cut
+    by the image border pulls its centroid inwards. A value absent from the label gives a NaN row
+    (missing landmark); values above ``num_landmarks`` are an error.
+
+    Args:
+        num_landmarks: number of landmarks ``N``.
+
+    Input: ``(H, W)`` or ``(1, H, W)`` label array of whole numbers. Output: ``(N, 2)`` float32.
+    """
+
+    def __init__(self, num_landmarks: int) -> None:
+        if int(num_landmarks) < 1:
+            raise ValueError(f"LabelImageToLandmarks: num_landmarks must be >= 1, got {num_landmarks!r}.")
+        self.num_landmarks = int(num_landmarks)
+
+    def __call__(self, label) -> np.ndarray:
+        lab = np.asarray(label.detach().cpu() if isinstance(label, torch.Tensor) else label)
+        if lab.ndim == 3 and lab.shape[0] == 1:
+            lab = lab[0]
+        if lab.ndim != 2:
+            raise ValueError(f"label image must be (H, W) or (1, H, W), got shape {lab.shape}.")
+        if not np.all(np.isfinite(lab)) or np.any(lab < 0) or np.any(lab != np.round(lab)):
+            raise ValueError("label image values must be whole numbers >= 0 (0 background, k + 1 landmark k).")
+        lab = lab.astype(np.int64)
+        top = int(lab.max(initial=0))
+        if top > self.num_landmarks:
+            raise ValueError(f"label image has value {top} but only {self.num_landmarks} landmarks (values 1..N).")
+        rows, cols = np.nonzero(lab)
+        values = lab[rows, cols] - 1
+        count = np.bincount(values, minlength=self.num_landmarks).astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = np.bincount(values, weights=cols, minlength=self.num_landmarks) / count
+            y = np.bincount(values, weights=rows, minlength=self.num_landmarks) / count
+        points = np.stack([x, y], axis=1)
+        points[count == 0] = np.nan
+        return points.astype(np.float32)
+
+
+class LandmarksFromLabelImaged(MapTransform):
+    """Dictionary version of :class:`LabelImageToLandmarks` for datalist items ``{"image", "label"}``.
+
+    MONAI Label's training task gives items whose ``label`` is the path of a label image of the same
+    size as the image (e.g. the discs written by ``configs/inference.json``). Run after
+    :class:`LoadLandmarkImaged`: for an item with a label path and no landmarks, it reads the label
+    with :func:`scripts.io.read_image`, checks its size against ``orig_hw``, and writes
+    ``d[points_key]`` and ``d[orig_points_key]`` = ``(N, 2)`` float32 original pixels. Items that
+    already carry landmarks (the landmark-CSV datalists) or have no label pass through unchanged.
+
+    Args:
+        num_landmarks: number of landmarks ``N``.
+        label_key, points_key, orig_points_key, orig_hw_key, image_key: keys read and written.
+
+    Raises:
+        ValueError: unreadable label, size mismatch or bad values; the message names the label file.
+    """
+
+    def __init__(
+        self,
+        num_landmarks: int,
+        label_key: str = "label",
+        points_key: str = "landmarks",
+        orig_points_key: str = "landmarks_orig",
+        orig_hw_key: str = "orig_hw",
+        image_key: str = "image",
+    ) -> None:
+        super().__init__(label_key, allow_missing_keys=True)
+        self.converter = LabelImageToLandmarks(num_landmarks)
+        self.label_key, self.points_key, self.orig_points_key = label_key, points_key, orig_points_key
+        self.orig_hw_key, self.image_key = orig_hw_key, image_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        path = d.get(self.label_key)
+        if d.get(self.points_key) is not None or not isinstance(path, (str, os.PathLike)):
+            return d
+        record = read_image(path)
+        hw = tuple(int(v) for v in record.array.shape)
+        if self.orig_hw_key in d and hw != tuple(int(v) for v in np.asarray(d[self.orig_hw_key]).reshape(-1)):
+            raise ValueError(
+                f"{record.path}: label image is {hw[0]} x {hw[1]} (H x W) but its image "
+                f"{d.get(self.image_key, '')} is {tuple(int(v) for v in d[self.orig_hw_key])}."
+            )
+        try:
+            points = self.converter(record.array)
+        except ValueError as err:
+            raise ValueError(f"{record.path}: {err}") from None
+        d[self.points_key] = points
+        d[self.orig_points_key] = points.copy()
         return d
 
 

@@ -181,8 +181,8 @@ def write_text(path: PathLike, text: str) -> Path:
 # JSON and CSV
 
 
-def write_landmarks_json(path: PathLike, result: LandmarkResult, landmark_names: Sequence[str] | None = None) -> Path:
-    """Write one image's landmarks as JSON (atomically).
+def landmarks_document(result: LandmarkResult, landmark_names: Sequence[str] | None = None) -> dict:
+    """One image's landmarks as a JSON-serialisable dictionary (no NaN: unknown values are ``None``).
 
     Content: ``image`` (relative input path), ``image_size`` ``{"width", "height"}`` px,
     ``spacing_mm_per_px`` ``{"x", "y"}`` or ``null``, ``spacing_source``, ``coordinate_convention`` and
@@ -203,7 +203,7 @@ def write_landmarks_json(path: PathLike, result: LandmarkResult, landmark_names:
         }
         for k in range(result.num_landmarks)
     ]
-    document = {
+    return {
         "image": result.image,
         "image_size": {"width": result.image_hw[1], "height": result.image_hw[0]},
         "spacing_mm_per_px": spacing,
@@ -211,6 +211,11 @@ def write_landmarks_json(path: PathLike, result: LandmarkResult, landmark_names:
         "coordinate_convention": COORDINATE_CONVENTION,
         "landmarks": landmarks,
     }
+
+
+def write_landmarks_json(path: PathLike, result: LandmarkResult, landmark_names: Sequence[str] | None = None) -> Path:
+    """Write :func:`landmarks_document` of one image as JSON (atomically)."""
+    document = landmarks_document(result, landmark_names)
     return write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 

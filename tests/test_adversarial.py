@@ -117,7 +117,7 @@ def test_masked_bce_drops_masked_entries():
 
 def test_with_checkpoint_entries_extends_the_last_checkpoint_only(tmp_path):
     net, other = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
-    last = LastCheckpoint(str(tmp_path / "last.pt"), {"network": net}, resume=True, interval=2)
+    last = LastCheckpoint(str(tmp_path / "last.ckpt"), {"network": net}, resume=True, interval=2)
     handlers = with_checkpoint_entries(["stats", last], {"pose_discriminator": other})
     assert handlers[0] == "stats" and handlers[1] is not last
     assert handlers[1].save_dict == {"network": net, "pose_discriminator": other}
@@ -293,7 +293,7 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
     generator = StackedHourglass(num_landmarks=37, num_channels=8, depth=2)
     generator.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True))
     assert generator.eval()(torch.zeros(1, 1, 64, 64)).shape == (1, 37, 64, 64)
-    state = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=False)
     assert state["trainer"]["iteration"] == 2
     PoseDiscriminator(num_landmarks=37, base_channels=8, num_downsamples=2).load_state_dict(state["pose_discriminator"])
     ConfidenceDiscriminator(num_landmarks=37, base_channels=8, num_downsamples=2).load_state_dict(
@@ -301,10 +301,10 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
     )
     assert {"network", "optimizer", "pose_optimizer", "confidence_optimizer"} <= set(state)
 
-    # merged over train.json, resuming: discriminators continue from last.pt
+    # merged over train.json, resuming: discriminators continue from last.ckpt
     log = run_bundle("training", str([TRAIN, ADVERSARIAL]), {**values, "max_epochs": 2, "resume": True})
     assert "resumed from" in log
-    resumed = torch.load(tmp_path / "models" / "last.pt", map_location="cpu", weights_only=False)
+    resumed = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=False)
     assert resumed["trainer"]["iteration"] == 4
     # Adam's step count continues from the saved state: 2 steps before, 2 after resuming
     for name in ("pose_optimizer", "confidence_optimizer"):
@@ -319,3 +319,23 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
                 {**eval_values, "split": "valid", "eval_dir": str(eval_dir), "network_def": network_def})
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert summary["num_images"] == 2 and summary["num_landmarks"] == 37 and math.isfinite(summary["mean_px"])
+
+
+def test_zero_weight_discriminators_are_neither_run_nor_trained():
+    # alpha = beta = 0 is the plain hourglass of the method comparison: no discriminator work at all
+    trainer = _trainer(alpha=0.0, beta=0.0, d_lr=0.05)
+    pose = {k: v.clone() for k, v in trainer.pose_discriminator.state_dict().items()}
+    conf = {k: v.clone() for k, v in trainer.confidence_discriminator.state_dict().items()}
+    out = trainer._iteration(trainer, _batch())
+    assert all(torch.equal(pose[k], v) for k, v in trainer.pose_discriminator.state_dict().items())
+    assert all(torch.equal(conf[k], v) for k, v in trainer.confidence_discriminator.state_dict().items())
+    assert float(out["loss_d_pose"]) == 0.0 and float(out["loss_adv_conf"]) == 0.0
+    assert out["loss"] == pytest.approx(float(out["loss_mse"]))
+    # only the pose term on: only the pose discriminator learns
+    trainer = _trainer(alpha=0.0, beta=1.0, d_lr=0.05)
+    conf = {k: v.clone() for k, v in trainer.confidence_discriminator.state_dict().items()}
+    pose = {k: v.clone() for k, v in trainer.pose_discriminator.state_dict().items()}
+    out = trainer._iteration(trainer, _batch())
+    assert all(torch.equal(conf[k], v) for k, v in trainer.confidence_discriminator.state_dict().items())
+    assert any(not torch.equal(pose[k], v) for k, v in trainer.pose_discriminator.state_dict().items())
+    assert float(out["loss_d_pose"]) > 0 and float(out["loss_d_conf"]) == 0.0

@@ -158,7 +158,8 @@ def test_inference_config_repeats_train_config():
     infer = json.loads(CONFIG.read_text())
     train = json.loads(TRAIN_CONFIG.read_text())
     assert infer["preprocessing"]["_target_"] == "Compose"
-    train_steps = [dict(t) for t in train["preprocessing"]]
+    # the landmarks of label images (MONAI Label training) have no place at inference
+    train_steps = [dict(t) for t in train["preprocessing"] if not t["_target_"].endswith("LandmarksFromLabelImaged")]
     infer_steps = [dict(t) for t in infer["preprocessing"]["transforms"]]
     assert [t["_target_"] for t in infer_steps] == [t["_target_"] for t in train_steps]
     for t_train, t_infer in zip(train_steps, infer_steps):
@@ -288,6 +289,16 @@ def test_known_points_in_original_pixels_and_mm(tmp_path):
         x, y = np.rint(expected_px[k]).astype(int)
         assert label[y, x] == k + 1
         assert (label == k + 1).sum() in range(9, 14)  # a disc of radius 2 px (13 pixel centres)
+
+    # the config's postprocessing ends with the MONAI Label output: "pred" = the same label image,
+    # indexed [x, y] (W, H) like MONAI's LoadImage arrays, and "result" = the JSON document
+    sample = runner._predict(wf.dataset[0], runner.network)
+    post = wf.parser.get_parsed_content("postprocessing")(sample)
+    assert post["pred"].shape == (DICOM_HW[1], DICOM_HW[0]) and post["pred"].dtype == np.uint8
+    np.testing.assert_array_equal(post["pred"].T, label)
+    assert post["result"]["landmarks"] == document["landmarks"]
+    assert post["result"]["image"] == "knee"
+    json.dumps(post["result"], allow_nan=False)  # serialisable as MONAI Label sends it
 
 
 def test_large_16bit_png(tmp_path, checkpoint):

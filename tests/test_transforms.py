@@ -426,3 +426,52 @@ def test_histogram_match_map_mode_is_monotone_and_continuous():
     assert not np.allclose(out[~obj], image[~obj])
     with pytest.raises(ValueError, match="outside_mask"):
         HistogramMatch(reference, outside_mask="nope")
+
+
+# ------------------------------------------------------------------------------- landmarks from label images
+
+
+def test_label_image_to_landmarks_inverts_the_disc_writer(tmp_path):
+    from scripts.transforms import LabelImageToLandmarks, LandmarksFromLabelImaged, LoadLandmarkImaged
+    from scripts.writers import landmark_label_image, write_label_image
+
+    hw = (48, 80)
+    points = np.array([[10.0, 20.0], [60.5, 7.5], [np.nan, np.nan], [33.0, 40.0], [2.0, 2.0]])
+    label = landmark_label_image(points, hw, radius=3.0)
+    found = LabelImageToLandmarks(5)(label)
+    assert found.shape == (5, 2) and found.dtype == np.float32
+    np.testing.assert_allclose(found[[0, 1, 3]], points[[0, 1, 3]], atol=1e-6)  # whole symmetric discs
+    assert np.isnan(found[2]).all()  # absent value -> missing landmark
+    assert np.hypot(*(found[4] - points[4])) < 1.0  # a disc cut by the border: close, pulled inwards
+
+    # dictionary version on real files: image + label image, as in a MONAI Label datalist item
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, hw, dtype=np.uint8)).save(tmp_path / "img.png")
+    write_label_image(tmp_path / "img_label.png", label)
+    item = {"image": str(tmp_path / "img.png"), "label": str(tmp_path / "img_label.png")}
+    d = LandmarksFromLabelImaged(num_landmarks=5)(LoadLandmarkImaged("image")(item))
+    np.testing.assert_allclose(d["landmarks"], found, equal_nan=True)
+    np.testing.assert_allclose(d["landmarks_orig"], found, equal_nan=True)
+    # an item that already has landmarks (landmark CSV) is left alone
+    given = {"landmarks": np.zeros((5, 2), np.float32), "label": item["label"]}
+    assert LandmarksFromLabelImaged(num_landmarks=5)(given)["landmarks"] is given["landmarks"]
+
+
+def test_label_image_errors_name_the_file(tmp_path):
+    from scripts.transforms import LabelImageToLandmarks, LandmarksFromLabelImaged, LoadLandmarkImaged
+    from scripts.writers import write_label_image
+
+    Image.fromarray(np.zeros((20, 30), np.uint8)).save(tmp_path / "img.png")
+    small = np.zeros((10, 30), np.uint8)
+    small[5, 5] = 1
+    write_label_image(tmp_path / "small.png", small)
+    item = LoadLandmarkImaged("image")({"image": str(tmp_path / "img.png"), "label": str(tmp_path / "small.png")})
+    with pytest.raises(ValueError, match=r"small\.png: label image is 10 x 30"):
+        LandmarksFromLabelImaged(num_landmarks=3)(item)
+    big = np.zeros((20, 30), np.uint8)
+    big[3, 3] = 7
+    write_label_image(tmp_path / "big.png", big)
+    item = LoadLandmarkImaged("image")({"image": str(tmp_path / "img.png"), "label": str(tmp_path / "big.png")})
+    with pytest.raises(ValueError, match=r"big\.png: label image has value 7 but only 3 landmarks"):
+        LandmarksFromLabelImaged(num_landmarks=3)(item)
+    with pytest.raises(ValueError, match="whole numbers"):
+        LabelImageToLandmarks(3)(np.full((4, 4), 0.5))

@@ -56,7 +56,7 @@ def test_training_two_iterations_resume_and_evaluate(tiny_dataset, tmp_path):
     values = _train_values(tiny_dataset, tmp_path)
     log = run_bundle("training", [TRAIN], values)
     assert "Best validation mean point error (network px)" in log
-    best, last = tmp_path / "models" / "model.pt", tmp_path / "models" / "last.pt"
+    best, last = tmp_path / "models" / "model.pt", tmp_path / "models" / "last.ckpt"
     assert best.is_file() and last.is_file()
     out = _load_network(best)(torch.zeros(1, 1, 64, 64))
     assert out.shape == (1, 37, 64, 64) and torch.isfinite(out).all()
@@ -132,3 +132,29 @@ def test_lower_limb_preset_trains_and_evaluates_in_mm(tmp_path):
         spacing = float(next(csv.DictReader(f))["spacing_x"])
     assert summary["mean_mm"] == pytest.approx(summary["mean_px"] * spacing, rel=1e-4)
     assert {"sdr_mm_10", "sdr_mm_20"} <= set(summary)
+
+
+def test_training_on_label_images_as_monai_label_gives_them(tiny_dataset, tmp_path):
+    """MONAI Label's train task overrides the datalists with ``{"image", "label"}`` items whose label is
+    a landmark label image, and runs fewer epochs than ``val_interval``: the landmarks come from the
+    label discs and the last epoch is still validated, so ``models/model.pt`` is written."""
+    from scripts.data import LandmarkDataset
+    from scripts.writers import landmark_label_image, write_label_image
+    from scripts.io import read_image_size
+
+    source = LandmarkDataset(tiny_dataset)
+
+    def items(split):
+        out = []
+        for item in source.datalist(split):
+            label = tmp_path / "labels" / (Path(item["image"]).stem + ".png")
+            label.parent.mkdir(exist_ok=True)
+            write_label_image(label, landmark_label_image(item["landmarks"], read_image_size(item["image"]), 3.0))
+            out.append({"image": item["image"], "label": str(label)})
+        return out
+
+    values = _train_values(tiny_dataset, tmp_path, val_interval=4)
+    values.update({"train#dataset#data": items("train"), "validate#dataset#data": items("valid")})
+    log = run_bundle("run", [TRAIN], values)
+    assert "Best validation mean point error (network px)" in log and "at epoch 1" in log
+    assert (tmp_path / "models" / "model.pt").is_file()
