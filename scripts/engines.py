@@ -116,19 +116,38 @@ def decode_batch_points(heatmaps: torch.Tensor) -> torch.Tensor:
     return points
 
 
+DECODED_KEY = "pred_points"
+
+
+def decoded_points(output: Mapping) -> torch.Tensor:
+    """The decoded ``pred`` of an engine output, (B, N, 2) network px, decoded once per iteration.
+
+    The first call stores ``(pred, points)`` in ``output[DECODED_KEY]`` (the engine's output dict), so
+    the validation metrics and the evaluation report, which all read the same output, share one
+    decoding; the stored points are used only while ``output["pred"]`` is the same tensor.
+    """
+    pred = output[Keys.PRED]
+    cached = output.get(DECODED_KEY)
+    if cached is not None and cached[0] is pred:
+        return cached[1]
+    points = decode_batch_points(pred)
+    if isinstance(output, dict):
+        output[DECODED_KEY] = (pred, points)
+    return points
+
+
 def network_points_transform(output: Mapping):
     """Engine output -> ``(pred_points, true_points)`` in network px, for point-error metrics.
 
     True points of landmarks that are missing are NaN and so ignored by the metrics.
     """
-    pred = decode_batch_points(output[Keys.PRED])
-    return pred, output[Keys.LABEL]["landmarks"].float()
+    return decoded_points(output), output[Keys.LABEL]["landmarks"].float()
 
 
 def original_points_transform(output: Mapping):
     """Engine output -> ``(pred_points, true_points)`` in original-image px (ground truth from the annotation)."""
     label = output[Keys.LABEL]
-    pred_net = decode_batch_points(output[Keys.PRED])
+    pred_net = decoded_points(output)
     return points_to_original(pred_net, label["net_from_orig"]).float(), label["landmarks_orig"].float()
 
 
