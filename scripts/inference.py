@@ -303,9 +303,9 @@ class LandmarkLabelOutputd(MapTransform):
     (:func:`scripts.writers.landmark_label_image`), and writes ``d[result_key]`` =
     :func:`scripts.writers.landmarks_document` (original pixels, mm, confidence; JSON-serialisable).
 
-    The label array is indexed ``[x, y]``, shape ``(W, H)``: the spatial order of arrays from
-    MONAI's ``LoadImage``, which MONAI's and MONAI Label's image writers transpose back when saving,
-    so the saved file is upright. This is the one place where the bundle's ``[row, col]`` arrays
+    The label array is indexed ``[x, y]``, shape ``(W, H)`` (a transposed view, no copy): the spatial
+    order of arrays from MONAI's ``LoadImage``, which MONAI's and MONAI Label's image writers
+    transpose back when saving, so the saved file is upright. This is the one place where the bundle's ``[row, col]`` arrays
     are converted (see :mod:`scripts.coords`); the coordinates in ``result`` are ``(x, y)`` pixels.
 
     Args:
@@ -334,7 +334,7 @@ class LandmarkLabelOutputd(MapTransform):
         d = dict(data)
         name = next((str(d[k]) for k in self.image_path_keys if d.get(k) is not None), "")
         result = landmark_result(d, os.path.basename(name) if os.path.isabs(name) else name)
-        d[self.label_key] = np.ascontiguousarray(landmark_label_image(result.points_px, result.image_hw, self.radius).T)
+        d[self.label_key] = landmark_label_image(result.points_px, result.image_hw, self.radius).T
         d[self.result_key] = landmarks_document(result, self.landmark_names)
         return d
 
@@ -363,7 +363,8 @@ class FolderInference:
     Per image (one at a time, so memory stays that of one image): ``dataset[i]`` (the
     ``preprocessing`` applied to ``{"id", "image"}``), ``inferer(image[None], network)``,
     ``postprocessing`` on ``{**sample, "pred": heatmaps (N, H', W')}``, which must provide
-    ``pred_landmarks_orig`` (N, 2), ``pred_landmarks_mm`` (N, 2) and ``pred_confidence`` (N,), then
+    ``pred_landmarks_orig`` (N, 2), ``pred_landmarks_mm`` (N, 2), ``pred_confidence`` (N,) and, for
+    the label files, ``pred`` = the label image indexed ``[x, y]`` (:class:`LandmarkLabelOutputd`), then
     the writers (see the module docstring for the files). Any exception while doing so puts the
     file into ``errors.csv`` (``status`` failed, the ``stage`` and the reason) and removes its
     outputs of earlier runs; files that are not images are listed there as skipped. At the end the
@@ -385,7 +386,6 @@ class FolderInference:
         dataset_dir: the input folder (used to refuse an output folder that contains it).
         skipped: relative paths of non-image files, listed in ``errors.csv`` as skipped.
         landmark_names: the ``N`` names used in the CSV and JSON (default ``landmark_00`` ...).
-        label_radius: disc radius of the label image, original pixels.
         label_format: ``"png"`` or ``"nii.gz"`` (or ``"nii"``).
         overlay_max_size: longest side of the overlay PNG, pixels.
         write_overlays, write_labels: switch these outputs off.
@@ -407,7 +407,6 @@ class FolderInference:
         dataset_dir: PathLike | None = None,
         skipped: Sequence[str] = (),
         landmark_names: Sequence[str] | None = None,
-        label_radius: float = 5.0,
         label_format: str = "png",
         overlay_max_size: int = 1024,
         write_overlays: bool = True,
@@ -429,7 +428,6 @@ class FolderInference:
         self.dataset_dir = None if dataset_dir is None else Path(dataset_dir).expanduser().absolute()
         self.skipped = list(skipped)
         self.landmark_names = None if landmark_names is None else [str(n) for n in landmark_names]
-        self.label_radius = float(label_radius)
         self.label_suffix = "." + label_format
         self.overlay_max_size = int(overlay_max_size)
         self.write_overlays = bool(write_overlays)
@@ -494,7 +492,7 @@ class FolderInference:
             paths["label"] = output_path(self.output_dir, "labels", image_id, self.label_suffix)
         return paths
 
-    def _write(self, result: LandmarkResult, source: str, paths: dict[str, Path]) -> None:
+    def _write(self, result: LandmarkResult, label_xy, source: str, paths: dict[str, Path]) -> None:
         names = self.landmark_names
         if "overlay" in paths:
             original = read_image(source).array
@@ -504,7 +502,12 @@ class FolderInference:
             write_overlay_png(paths["overlay"], original, result.points_px, labels, self.overlay_max_size)
             del original
         if "label" in paths:
-            label = landmark_label_image(result.points_px, result.image_hw, self.label_radius)
+            label = np.asarray(label_xy).T
+            if label.shape != result.image_hw:
+                raise ValueError(
+                    f"{source}: postprocessing gave 'pred' of shape {np.shape(label_xy)}, not the (W, H) label image "
+                    f"{result.image_hw[::-1]} of LandmarkLabelOutputd."
+                )
             write_label_image(paths["label"], label, result.spacing)
         write_landmarks_json(paths["json"], result, names)
 
@@ -536,13 +539,14 @@ class FolderInference:
                         stage = "inference"
                         sample = self._predict(sample, network)
                         stage = "postprocessing"
-                        result = landmark_result(self.postprocessing(sample), image_id)
+                        sample = self.postprocessing(sample)
+                        result = landmark_result(sample, image_id)
                         if names is None:
                             names = [f"landmark_{k:02d}" for k in range(result.num_landmarks)]
                         if csv_writer is None:
                             csv_writer = LandmarkCsvWriter(self.output_dir / "landmarks.csv", names)
                         stage = "writing"
-                        self._write(result, item["image"], paths)
+                        self._write(result, sample["pred"], item["image"], paths)
                         csv_writer.write(result)
                         summary["succeeded"].append(image_id)
                     except Exception as err:  # one bad file must not stop the folder
