@@ -229,12 +229,10 @@ def with_checkpoint_entries(handlers: Iterable, entries: Mapping[str, Any]) -> l
     result, found = [], False
     for handler in handlers:
         if isinstance(handler, LastCheckpoint):
-            clash = sorted(set(entries) & set(handler.save_dict))
-            if clash:
-                raise ValueError(f"with_checkpoint_entries: {handler.path} already saves {clash}.")
-            handler = LastCheckpoint(
-                handler.path, {**handler.save_dict, **entries}, resume=handler.resume, interval=handler.interval
-            )
+            try:
+                handler = handler.with_entries(entries)
+            except ValueError as err:
+                raise ValueError(f"with_checkpoint_entries: {err}") from None
             found = True
         result.append(handler)
     if not found:

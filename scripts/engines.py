@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import random
+import sys
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 from monai.utils import CommonKeys as Keys
 
 from scripts.heatmap import decode_heatmaps, points_to_original
+from scripts.writers import atomic_write, remove_stale_temporaries
 
 __all__ = [
     "TARGET_KEYS",
@@ -29,6 +34,11 @@ __all__ = [
     "network_points_transform",
     "original_points_transform",
     "lower_is_better",
+    "save_checkpoint",
+    "load_checkpoint",
+    "rng_state",
+    "set_rng_state",
+    "BestModelCheckpoint",
     "LastCheckpoint",
     "BestMetricReport",
 ]
@@ -182,23 +192,137 @@ class FinalValidation:
             self.validator.run(epoch)
 
 
+def _unwrap(obj):
+    """The module inside DistributedDataParallel / DataParallel, else ``obj``."""
+    return getattr(obj, "module", obj)
+
+
+def save_checkpoint(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj, path)`` atomically and durably: a hidden temporary file in the same folder,
+    flushed to disk, then renamed over ``path`` (:func:`scripts.writers.atomic_write`), so that a
+    kill or a power cut at any moment leaves either the old or the new complete file."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only, so a
+    crafted file cannot run code. Raises ``ValueError`` naming the file if it holds anything else
+    or is damaged."""
+    try:
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ValueError(
+            f"checkpoint {os.fspath(path)} cannot be loaded as plain weights (weights_only=True): it is damaged, or "
+            f"holds objects other than tensors and containers, which are refused because loading them could run "
+            f"code: {' '.join(str(err).split())[:300]}"
+        ) from err
+
+
+def rng_state() -> dict:
+    """The states of Python's, NumPy's and torch's (CPU and CUDA) global random generators, as tensors
+    and plain values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping) -> None:
+    """Restore :func:`rng_state` (CUDA states only where the same number of GPUs is there)."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
+        torch.cuda.set_rng_state_all(cuda)
+
+
+class BestModelCheckpoint:
+    """Saves the network's ``state_dict`` to ``path`` (e.g. ``models/model.pt``) whenever a validation
+    gives a new best key metric, atomically and durably (:func:`save_checkpoint`).
+
+    Attach to the evaluator (``val_handlers``). "New best" is MONAI's own decision: the epoch the
+    evaluator records in ``state.best_metric_epoch`` (with its ``metric_cmp_fn``) is the epoch just
+    validated. :class:`LastCheckpoint` saves and restores ``best_metric``/``best_metric_epoch``, so
+    after a resume only a validation that beats the best so far replaces the file.
+
+    Args:
+        path: file written; it holds the bare ``state_dict`` (a ``DistributedDataParallel``
+            wrapper's ``module.`` is left out), loadable with ``torch.load(..., weights_only=True)``.
+        network: the network whose weights are saved.
+    """
+
+    def __init__(self, path: str, network: torch.nn.Module) -> None:
+        self.path = str(path)
+        self.network = network
+        self.logger = logging.getLogger(self.__class__.__name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if _rank() != 0 or getattr(engine.state, "best_metric_epoch", -1) != engine.state.epoch:
+            return
+        save_checkpoint(_unwrap(self.network).state_dict(), self.path)
+        self.logger.info(f"saved {self.path} (best metric {engine.state.best_metric:.4f} at epoch {engine.state.epoch})")
+
+
 class LastCheckpoint:
-    """Saves the training state to one file after every epoch, atomically, and restores it on start.
+    """Saves the whole training state to one file after every epoch, atomically, and restores it on start.
+
+    The file (``torch.save`` of a dict, loadable with ``weights_only=True``) holds ``state_dict()`` of
+    every entry of ``save_dict`` (network, optimizer, loss, LR scheduler, ...: anything with
+    ``state_dict``/``load_state_dict``; ``None`` entries, e.g. a disabled scheduler, are left out),
+    ``"trainer"`` (epoch, iteration, epoch length), ``"best"`` (the evaluator's best metric and its
+    epoch), ``"rng"`` (:func:`rng_state`) and ``"config"`` (the given settings). On resume all of it is
+    restored before the first iteration; settings in ``config`` that differ from the saved ones are
+    logged. The trainer's new ``max_epochs`` is kept, so a resumed run can be extended.
+
+    Writes go through :func:`save_checkpoint` (temporary file, fsync, rename); hidden temporary files
+    that a killed run left beside ``path`` are removed at start.
 
     Args:
         path: checkpoint file (e.g. ``models/last.ckpt``).
-        save_dict: objects with ``state_dict``/``load_state_dict`` (network, optimizer, loss, ...); the
-            engine it is attached to is added as ``"trainer"`` (epoch and iteration counters).
-        resume: load ``path`` when the trainer starts, if it exists.
+        save_dict: objects with ``state_dict``/``load_state_dict``; the engine it is attached to is
+            added as ``"trainer"``.
+        resume: load ``path`` when the trainer starts; without the file the run starts from scratch
+            with a warning saying so.
         interval: save every ``interval`` epochs (and always at the end).
+        evaluator: the validation engine whose ``best_metric``/``best_metric_epoch`` are kept.
+        config: settings recorded in the file (e.g. preset, num_landmarks, learning_rate).
     """
 
-    def __init__(self, path: str, save_dict: Mapping, resume: bool = False, interval: int = 1) -> None:
+    def __init__(
+        self,
+        path: str,
+        save_dict: Mapping,
+        resume: bool = False,
+        interval: int = 1,
+        evaluator: Engine | None = None,
+        config: Mapping | None = None,
+    ) -> None:
         self.path = str(path)
-        self.save_dict = dict(save_dict)
+        self.save_dict = {name: obj for name, obj in dict(save_dict).items() if obj is not None}
         self.resume = bool(resume)
         self.interval = max(1, int(interval))
+        self.evaluator = evaluator
+        self.config = {str(k): v for k, v in dict(config or {}).items()}
         self.logger = logging.getLogger(self.__class__.__name__)
+
+    def with_entries(self, entries: Mapping) -> LastCheckpoint:
+        """A copy that also saves ``entries`` (e.g. the discriminators of Adversarial PoseNet)."""
+        clash = sorted(set(entries) & set(self.save_dict))
+        if clash:
+            raise ValueError(f"{self.path} already saves {clash}.")
+        return LastCheckpoint(self.path, {**self.save_dict, **entries}, self.resume, self.interval, self.evaluator, self.config)
 
     def attach(self, engine: Engine) -> None:
         self.save_dict.setdefault("trainer", engine)
@@ -207,9 +331,16 @@ class LastCheckpoint:
         engine.add_event_handler(Events.COMPLETED, self.save)
 
     def load(self, engine: Engine) -> None:
-        if not (self.resume and os.path.isfile(self.path)):
+        if _rank() == 0:
+            remove_stale_temporaries(os.path.dirname(os.path.abspath(self.path)))
+        if not self.resume:
             return
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if not os.path.isfile(self.path):
+            message = f"--resume true, but there is no checkpoint {self.path}: training starts from scratch."
+            self.logger.warning(message)
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+            return
+        state = load_checkpoint(self.path)
         for name, obj in self.save_dict.items():
             if name not in state:
                 raise KeyError(f"checkpoint {self.path} has no entry '{name}' (has {sorted(state)})")
@@ -218,17 +349,33 @@ class LastCheckpoint:
                 max_epochs = engine.state.max_epochs
                 obj.load_state_dict({k: v for k, v in state[name].items() if k != "max_epochs"} | {"max_epochs": max_epochs})
             else:
-                getattr(obj, "module", obj).load_state_dict(state[name])
-        self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}")
+                _unwrap(obj).load_state_dict(state[name])
+        best = state.get("best")
+        if self.evaluator is not None and best is not None:
+            self.evaluator.state.best_metric = best["metric"]
+            self.evaluator.state.best_metric_epoch = best["epoch"]
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        changed = {k: (state.get("config", {}).get(k), v) for k, v in self.config.items() if state.get("config", {}).get(k) != v}
+        if changed:
+            self.logger.warning(f"resuming {self.path} with changed settings (saved -> now): {changed}")
+        best_text = f", best metric {best['metric']:.4f} at epoch {best['epoch']}" if best and best["epoch"] >= 0 else ""
+        self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}{best_text}")
+
+    def state(self) -> dict:
+        """What :meth:`save` writes (see the class docstring)."""
+        state = {name: _unwrap(obj).state_dict() for name, obj in self.save_dict.items()}
+        if self.evaluator is not None:
+            state["best"] = {"metric": float(self.evaluator.state.best_metric),
+                             "epoch": int(self.evaluator.state.best_metric_epoch)}
+        state["rng"] = rng_state()
+        state["config"] = self.config
+        return state
 
     def save(self, engine: Engine) -> None:
         if _rank() != 0:
             return
-        state = {name: getattr(obj, "module", obj).state_dict() for name, obj in self.save_dict.items()}
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        save_checkpoint(self.state(), self.path)
 
 
 class BestMetricReport:

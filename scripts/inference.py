@@ -25,6 +25,7 @@ Outputs below ``OUT``: ``landmarks.csv`` (one row per image), ``errors.csv``, an
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -44,8 +45,10 @@ from scripts.writers import (
     LandmarkCsvWriter,
     LandmarkResult,
     landmark_label_image,
+    landmark_result_from_document,
     landmarks_document,
     output_path,
+    remove_stale_temporaries,
     write_error_csv,
     write_label_image,
     write_landmarks_json,
@@ -63,6 +66,7 @@ __all__ = [
     "landmark_result",
     "LandmarkLabelOutputd",
     "FolderInference",
+    "FolderInferenceError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -99,7 +103,8 @@ def scan_image_folder(root: PathLike, exclude: Sequence[PathLike] = ()) -> Folde
 
     Hidden files and folders (name starting with ``.``) are ignored, and so are the folders in
     ``exclude`` (e.g. an output folder placed inside the input folder). Symbolic links to files are
-    followed, links to folders are not.
+    followed, links to folders are not; a broken link is listed as an item, so that reading it
+    reports the broken link.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -125,7 +130,7 @@ def scan_image_folder(root: PathLike, exclude: Sequence[PathLike] = ()) -> Folde
                 continue
             path = here / name
             rel = path.relative_to(root_path).as_posix()
-            if is_image_candidate(path):
+            if is_image_candidate(path) or (path.is_symlink() and not path.exists()):
                 scan.items.append({"id": rel, "image": str(path)})
             else:
                 scan.skipped.append(rel)
@@ -280,7 +285,8 @@ def landmark_result(sample: Mapping, image_id: str) -> LandmarkResult:
     """The :class:`scripts.writers.LandmarkResult` of a post-processed sample.
 
     Reads ``orig_hw``, ``pred_landmarks_orig`` ``(N, 2)``, ``pred_landmarks_mm`` ``(N, 2)``,
-    ``pred_confidence`` ``(N,)``, ``spacing`` (NaN pair when unknown) and ``spacing_source``.
+    ``pred_confidence`` ``(N,)``, ``spacing`` (NaN pair when unknown), ``spacing_source`` and, where
+    :class:`scripts.trust.TrustStatusd` ran, ``status`` and ``status_reasons`` (else ``"ok"``).
     """
     spacing = np.asarray(sample.get("spacing", (np.nan, np.nan)), dtype=np.float64).reshape(2)
     known = bool(np.isfinite(spacing).all())
@@ -292,6 +298,8 @@ def landmark_result(sample: Mapping, image_id: str) -> LandmarkResult:
         spacing=(float(spacing[0]), float(spacing[1])) if known else None,
         spacing_source=str(sample.get("spacing_source", "unknown")) if known else "unknown",
         points_mm=sample["pred_landmarks_mm"],
+        status=str(sample.get("status", "ok")),
+        status_reasons=tuple(sample.get("status_reasons", ())),
     )
 
 
@@ -352,9 +360,26 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+def _read_error(error: BaseException) -> ImageReadError | None:
+    """The outermost :class:`ImageReadError` of a ``raise ... from`` chain, if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ImageReadError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None
+
+
 def _reason(error: BaseException) -> str:
-    root = _root_cause(error)
-    return " ".join(f"{type(root).__name__}: {root}".split())
+    """One line for ``errors.csv``: the bundle's own :class:`ImageReadError` (which names the file and
+    the problem, e.g. a missing decoder) where there is one, else the innermost exception."""
+    cause = _read_error(error) or _root_cause(error)
+    return " ".join(f"{type(cause).__name__}: {cause}".split())
+
+
+class FolderInferenceError(RuntimeError):
+    """Folder inference produced no result (or, with ``strict``, some files failed); the outputs are written."""
 
 
 class FolderInference:
@@ -368,7 +393,14 @@ class FolderInference:
     the writers (see the module docstring for the files). Any exception while doing so puts the
     file into ``errors.csv`` (``status`` failed, the ``stage`` and the reason) and removes its
     outputs of earlier runs; files that are not images are listed there as skipped. At the end the
-    run prints ``"N succeeded, M failed"``.
+    run prints ``"N succeeded, M failed"`` and raises :class:`FolderInferenceError` if nothing succeeded.
+
+    Consistency after a kill: every file is written atomically (:func:`scripts.writers.atomic_write`,
+    mode from the umask); a run first removes the hidden temporary files a killed run left below
+    ``OUT`` and the previous ``landmarks.csv``/``errors.csv``, and writes both at its end, the CSV
+    rebuilt from the per-image JSON files of this run, so ``landmarks.csv`` exists only after a
+    complete run and agrees with the JSON files. Nothing is written through a symbolic link inside
+    ``OUT`` (:class:`scripts.writers.SymlinkInOutputError`, the image fails).
 
     Args:
         dataset: a MONAI ``Dataset`` over the items of :func:`scan_image_folder` with the
@@ -391,6 +423,10 @@ class FolderInference:
         write_overlays, write_labels: switch these outputs off.
         memory_format: ``torch.memory_format`` of the network input (e.g. ``torch.channels_last``).
         progress: show a tqdm progress bar; ``None``: only when stderr is a terminal.
+        preview_key: sample key of the shrunk image the overlay is drawn from (written by
+            :class:`scripts.transforms.LoadLandmarkImaged`), so each file is decoded once; without it
+            the file is read again for the overlay.
+        strict: fail the run (:class:`FolderInferenceError`) when any image failed, not only when all did.
     """
 
     def __init__(
@@ -413,6 +449,8 @@ class FolderInference:
         write_labels: bool = True,
         memory_format: torch.memory_format = torch.contiguous_format,
         progress: bool | None = None,
+        preview_key: str | None = "image_preview",
+        strict: bool = False,
     ) -> None:
         if label_format not in ("png", "nii", "nii.gz"):
             raise ValueError(f"label_format must be 'png', 'nii' or 'nii.gz', got {label_format!r}.")
@@ -434,6 +472,8 @@ class FolderInference:
         self.write_labels = bool(write_labels)
         self.memory_format = memory_format
         self.progress = progress
+        self.preview_key = preview_key
+        self.strict = bool(strict)
 
     # -- set-up
 
@@ -492,16 +532,18 @@ class FolderInference:
             paths["label"] = output_path(self.output_dir, "labels", image_id, self.label_suffix)
         return paths
 
-    def _write(self, result: LandmarkResult, label_xy, source: str, paths: dict[str, Path]) -> None:
-        names = self.landmark_names
+    def _write(self, result: LandmarkResult, sample: Mapping, source: str, paths: dict[str, Path]) -> None:
         if "overlay" in paths:
-            original = read_image(source).array
-            if original.shape != result.image_hw:
-                raise ValueError(f"{source}: read as {original.shape}, preprocessed as {result.image_hw}.")
+            preview = sample.get(self.preview_key) if self.preview_key else None
+            if preview is None:  # the preprocessing kept no shrunk copy: decode the file again
+                preview = read_image(source).array
+                if preview.shape != result.image_hw:
+                    raise ValueError(f"{source}: read as {preview.shape}, preprocessed as {result.image_hw}.")
             labels = [str(k) for k in range(result.num_landmarks)]
-            write_overlay_png(paths["overlay"], original, result.points_px, labels, self.overlay_max_size)
-            del original
+            write_overlay_png(paths["overlay"], np.asarray(preview), result.points_px, labels, self.overlay_max_size,
+                              image_hw=result.image_hw)
         if "label" in paths:
+            label_xy = sample["pred"]
             label = np.asarray(label_xy).T
             if label.shape != result.image_hw:
                 raise ValueError(
@@ -509,15 +551,42 @@ class FolderInference:
                     f"{result.image_hw[::-1]} of LandmarkLabelOutputd."
                 )
             write_label_image(paths["label"], label, result.spacing)
-        write_landmarks_json(paths["json"], result, names)
+        write_landmarks_json(paths["json"], result, self.landmark_names)
 
     # -- the folder
 
+    def _start(self) -> None:
+        """Clear what a run that was killed may have left: hidden temporary files below OUT, and the
+        folder-level tables (they are written again, complete, at the end of this run)."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.output_dir)
+        for name in ("landmarks.csv", "errors.csv"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.output_dir / name).unlink()
+
+    def _finish(self, succeeded: list[str], names: list[str] | None, errors: list[dict]) -> None:
+        """Write ``landmarks.csv`` from the per-image JSON files of this run, and ``errors.csv``."""
+        csv_writer = None
+        for image_id in succeeded:
+            document = json.loads(output_path(self.output_dir, "landmarks", image_id, ".json").read_text(encoding="utf-8"))
+            result = landmark_result_from_document(document)
+            if csv_writer is None:
+                names = names or [str(m["name"]) for m in document["landmarks"]]
+                csv_writer = LandmarkCsvWriter(self.output_dir / "landmarks.csv", names)
+            csv_writer.write(result)
+        (csv_writer or LandmarkCsvWriter(self.output_dir / "landmarks.csv", names or [])).close()
+        write_error_csv(self.output_dir / "errors.csv", errors)
+
     def run(self) -> dict[str, list[str]]:
-        """Process every item; returns ``{"succeeded": [...], "failed": [...], "skipped": [...]}`` (ids)."""
+        """Process every item; returns ``{"succeeded": [...], "failed": [...], "skipped": [...]}`` (ids).
+
+        Raises:
+            FolderInferenceError: after writing every output, when no image succeeded, or when
+                ``strict`` and some image failed (``python -m monai.bundle run`` then exits with 1).
+        """
         network = self.load_network()
         self._check_folders()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._start()
         items = list(self.dataset.data)
         names = self.landmark_names
         summary: dict[str, list[str]] = {"succeeded": [], "failed": [], "skipped": list(self.skipped)}
@@ -525,7 +594,6 @@ class FolderInference:
             {"image": rel, "status": "skipped", "stage": "scan", "reason": "not an image file (unknown suffix, no DICOM magic)"}
             for rel in self.skipped
         ]
-        csv_writer = None
         show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
         try:
             with torch.inference_mode(), tqdm(total=len(items), disable=not show, unit="image") as bar:
@@ -541,16 +609,11 @@ class FolderInference:
                         stage = "postprocessing"
                         sample = self.postprocessing(sample)
                         result = landmark_result(sample, image_id)
-                        if names is None:
-                            names = [f"landmark_{k:02d}" for k in range(result.num_landmarks)]
-                        if csv_writer is None:
-                            csv_writer = LandmarkCsvWriter(self.output_dir / "landmarks.csv", names)
                         stage = "writing"
-                        self._write(result, sample["pred"], item["image"], paths)
-                        csv_writer.write(result)
+                        self._write(result, sample, item["image"], paths)
                         summary["succeeded"].append(image_id)
                     except Exception as err:  # one bad file must not stop the folder
-                        if stage == "preprocessing" and isinstance(_root_cause(err), ImageReadError):
+                        if stage == "preprocessing" and _read_error(err) is not None:
                             stage = "reading"
                         logger.warning("%s: %s failed: %s", image_id, stage, _reason(err))
                         for path in paths.values():
@@ -560,15 +623,21 @@ class FolderInference:
                         summary["failed"].append(image_id)
                     bar.update(1)
         finally:
-            if csv_writer is None:
-                csv_writer = LandmarkCsvWriter(self.output_dir / "landmarks.csv", names or [])
-            csv_writer.close()
-            write_error_csv(self.output_dir / "errors.csv", errors)
+            self._finish(summary["succeeded"], names, errors)
             message = f"{len(summary['succeeded'])} succeeded, {len(summary['failed'])} failed"
             if self.skipped:
                 message += f", {len(self.skipped)} non-image file(s) skipped"
             print(f"{message}; results in {self.output_dir}" + (
                 f", failures listed in {self.output_dir / 'errors.csv'}" if errors else ""), flush=True)
+        if not summary["succeeded"]:
+            raise FolderInferenceError(
+                f"no image of {self.dataset_dir or 'the input'} gave a result ({len(summary['failed'])} failed, "
+                f"{len(self.skipped)} skipped): see {self.output_dir / 'errors.csv'}."
+            )
+        if self.strict and summary["failed"]:
+            raise FolderInferenceError(
+                f"{len(summary['failed'])} of {len(items)} images failed (strict): see {self.output_dir / 'errors.csv'}."
+            )
         return summary
 
     __call__ = run

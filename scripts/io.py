@@ -23,15 +23,20 @@ Per format:
   ``NominalScannedPixelSpacing``. The modality LUT (``RescaleSlope``/``RescaleIntercept``) is
   applied, the VOI LUT (windowing) is not; ``MONOCHROME1`` is inverted within the range of the
   stored values (``BitsStored``, ``PixelRepresentation``) so bone is bright. Multi-frame files
-  must hold one frame. Compressed transfer syntaxes need a pydicom decoder plugin (RLE and, with
-  Pillow, baseline JPEG work out of the box); a missing one gives a clear error.
+  must hold one frame. Compressed transfer syntaxes are decoded by pydicom's decoder plugins
+  (requirements.txt pins them): JPEG baseline/extended, JPEG lossless and JPEG-LS by
+  pylibjpeg-libjpeg, JPEG 2000 by pylibjpeg-openjpeg, RLE by pylibjpeg-rle or pydicom itself
+  (python-gdcm also works if installed); a missing one gives a clear error naming the transfer
+  syntax. ``Modality`` is kept (:attr:`ImageRecord.modality`) for the trust checks of
+  :mod:`scripts.trust`.
 * NIfTI (nibabel): ``data[i, j, k]`` has ``i`` along x (columns) and ``j`` along y (rows), so the
   image is ``data[:, :, 0].T`` and the spacing ``(zooms[0], zooms[1])`` (converted to mm from the
   header's spatial unit; an unknown unit is taken as mm).
 * MHA/MHD/NRRD/NHDR (SimpleITK): ``GetArrayFromImage`` is ``(z, y, x)`` or ``(y, x)``, the spacing
   ``GetSpacing()[:2]`` = ``(sx, sy)``.
 
-3D volumes are accepted only with a single slice. Any file that cannot be read (missing, empty,
+A header spacing outside :data:`PLAUSIBLE_SPACING_MM` (0.01-5 mm/px) is ignored (no mm values)
+and reported in :attr:`ImageRecord.spacing_problem`. 3D volumes are accepted only with a single slice. Any file that cannot be read (missing, empty,
 unknown format, corrupt, non-finite values, ...) raises :class:`ImageReadError` naming the file.
 """
 
@@ -47,6 +52,7 @@ import numpy as np
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "PLAUSIBLE_SPACING_MM",
     "ImageReadError",
     "ImageRecord",
     "image_suffix",
@@ -75,6 +81,11 @@ _LUMINANCE_RGB = np.array([0.299, 0.587, 0.114])
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DICOM_MAGIC_OFFSET = 128
 
+#: ``(lowest, highest)`` pixel spacing in mm/px taken as real for a 2D radiograph (detectors are
+#: about 0.05-0.2 mm/px, scanned film and thumbnails up to a few mm/px); a header spacing outside
+#: is ignored (no mm values) and reported in :attr:`ImageRecord.spacing_problem`.
+PLAUSIBLE_SPACING_MM = (0.01, 5.0)
+
 
 class ImageReadError(ValueError):
     """An image file could not be read; the message names the file and the problem."""
@@ -93,12 +104,18 @@ class ImageRecord:
         spacing: ``(sx, sy)`` mm per pixel along x (columns) and y (rows), or ``None`` if unknown.
         spacing_source: the header field the spacing came from, ``"unknown"`` without spacing.
         path: the file that was read.
+        modality: the DICOM ``Modality`` (e.g. ``"DX"``, ``"CT"``), ``None`` for other formats or
+            when absent.
+        spacing_problem: why a spacing found in the header was not used (e.g. outside
+            :data:`PLAUSIBLE_SPACING_MM`), ``None`` otherwise.
     """
 
     array: np.ndarray
     spacing: tuple[float, float] | None
     spacing_source: str
     path: str
+    modality: str | None = None
+    spacing_problem: str | None = None
 
 
 def image_suffix(path: PathLike) -> str:
@@ -141,6 +158,8 @@ def _png_bit_depth_and_colour(path: PathLike) -> tuple[int, int] | None:
 def _backend(path: PathLike) -> str:
     """Name of the reader for ``path``: "dicom", "pil", "itk_raster", "nifti" or "itk"."""
     p = Path(path)
+    if p.is_symlink() and not p.exists():
+        raise _error(path, f"broken symbolic link (to {os.readlink(p)}, which does not exist)")
     if not p.exists():
         raise _error(path, "no such file")
     if not p.is_file():
@@ -314,8 +333,9 @@ def _dicom_pixels(path: PathLike, ds) -> np.ndarray:
             raise _error(
                 path,
                 f"cannot decode DICOM pixel data in transfer syntax {transfer_syntax.name} "
-                f"({transfer_syntax}): {detail}. If a decoder is missing, install a pydicom "
-                "decoder plugin for it (e.g. pylibjpeg with pylibjpeg-libjpeg, or python-gdcm)",
+                f"({transfer_syntax}): {detail}. If a decoder is missing, install the pydicom "
+                "decoder plugins pinned in requirements.txt (pylibjpeg with pylibjpeg-libjpeg for JPEG "
+                "and JPEG-LS, pylibjpeg-openjpeg for JPEG 2000, pylibjpeg-rle for RLE), or python-gdcm",
             ) from e
         raise _error(path, f"cannot decode DICOM pixel data: {type(e).__name__}: {detail}") from e
 
@@ -348,7 +368,8 @@ def _dicom_read(path: PathLike):
                 lo, hi = float(np.min(grey)), float(np.max(grey))
             grey = (lo + hi) - grey
     spacing, source = _dicom_spacing(path, ds)
-    return grey, spacing, source
+    modality = str(ds.get("Modality", "") or "").strip().upper() or None
+    return grey, spacing, source, {"modality": modality}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,6 +451,19 @@ _FORMAT_NAMES = {
 }
 
 
+def _truncation(path: PathLike) -> str | None:
+    """What is missing at the end of a PNG or JPEG file that was cut short, ``None`` if it ends properly."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 12))
+        tail = f.read()
+    if head == _PNG_SIGNATURE and b"IEND" not in tail:
+        return "the PNG file is truncated (it has no IEND chunk at its end)"
+    if head[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
+        return "the JPEG file is truncated (it has no end-of-image marker)"
+    return None
+
+
 def _call(path: PathLike, backend: str, readers: dict[str, Callable]):
     """Run a reader, turning any library exception into an :class:`ImageReadError`."""
     try:
@@ -437,11 +471,24 @@ def _call(path: PathLike, backend: str, readers: dict[str, Callable]):
     except ImageReadError:
         raise
     except Exception as e:
+        truncated = _truncation(path) if backend in ("pil", "itk_raster") else None
+        if truncated:
+            raise _error(path, f"{truncated}: {type(e).__name__}: {_one_line(e, 200)}") from e
         raise _error(
             path,
             f"cannot read as {_FORMAT_NAMES[backend]} (corrupt or unsupported file?): "
             f"{type(e).__name__}: {_one_line(e)}",
         ) from e
+
+
+def _plausible_spacing(spacing, source: str) -> tuple[tuple[float, float] | None, str, str | None]:
+    """``(spacing, source, problem)``: a spacing outside :data:`PLAUSIBLE_SPACING_MM` is dropped."""
+    low, high = PLAUSIBLE_SPACING_MM
+    if spacing is None or all(low <= v <= high for v in spacing):
+        return spacing, source, None
+    problem = (f"{source} spacing (sx, sy) = ({spacing[0]:.6g}, {spacing[1]:.6g}) mm/px is outside the plausible "
+               f"{low:g}-{high:g} mm/px: ignored, no mm values")
+    return None, "unknown", problem
 
 
 def read_image(path: PathLike) -> ImageRecord:
@@ -455,18 +502,24 @@ def read_image(path: PathLike) -> ImageRecord:
         spacing's source (see the module docstring for each format's rules).
 
     Raises:
-        ImageReadError: the file is missing, empty, of unknown format, corrupt, not a single 2D
-            image, or holds non-finite values; the message names the file.
+        ImageReadError: the file is missing, empty, of unknown format, corrupt (a PNG/JPEG cut short
+            is named as truncated), not a single 2D image, a broken symbolic link, or holds
+            non-finite values; the message names the file.
     """
     backend = _backend(path)
-    pixels, spacing, source = _call(path, backend, _READERS)
+    pixels, spacing, source, *extra = _call(path, backend, _READERS)
+    header = extra[0] if extra else {}
+    spacing, source, spacing_problem = _plausible_spacing(spacing, source)
+    if spacing_problem:
+        logger.warning("%s: %s", os.fspath(path), spacing_problem)
     array = np.ascontiguousarray(pixels, dtype=np.float32)
     if array.ndim != 2:
         raise _error(path, f"expected a 2D image, got pixel array of shape {array.shape}")
     bad = int(array.size - np.count_nonzero(np.isfinite(array)))
     if bad:
         raise _error(path, f"image contains {bad} non-finite (NaN or infinite) values")
-    return ImageRecord(array=array, spacing=spacing, spacing_source=source, path=os.fspath(path))
+    return ImageRecord(array=array, spacing=spacing, spacing_source=source, path=os.fspath(path),
+                       modality=header.get("modality"), spacing_problem=spacing_problem)
 
 
 def read_image_size(path: PathLike) -> tuple[int, int]:

@@ -228,7 +228,7 @@ class MeanPointError(Metric):
 
     Landmarks that are NaN in either are skipped. In a MONAI ``SupervisedEvaluator`` use it as the
     key metric with ``metric_cmp_fn=lambda current, prev: current < prev`` (MONAI accepts the first
-    value without comparing), and ``key_metric_negative_sign=True`` in ``CheckpointSaver``.
+    value without comparing); :class:`scripts.engines.BestModelCheckpoint` then saves the best network.
     Distributed runs sum the totals over processes.
     """
 

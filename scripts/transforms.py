@@ -33,6 +33,8 @@ from monai.utils import ensure_tuple
 from scripts.coords import apply_matrix, resize_matrix
 from scripts.heatmap import gaussian_heatmaps, landmark_mask
 from scripts.io import read_image
+from scripts.trust import PROBLEM_SEPARATOR, image_problems
+from scripts.writers import downscale_image
 
 __all__ = [
     "LoadLandmarkImaged",
@@ -148,12 +150,19 @@ class LoadLandmarkImaged(MapTransform):
     ``spacing_source`` (``"csv"``, the header field name, or ``"unknown"``), ``net_from_orig`` =
     identity (float64 ``(3, 3)``) and, if the item has landmarks (not at inference),
     ``landmarks_orig`` = a float32 copy of ``d[points_key]`` ``(N, 2)`` original pixels.
+    Optionally (folder inference) also ``d[problems_key]`` = the image's out-of-distribution findings
+    (:func:`scripts.trust.image_problems`, joined into one string, ``""`` = none) and
+    ``d[preview_key]`` = the image shrunk to ``preview_max_size`` pixels on its longer side (float32
+    ``(H', W')``, :func:`scripts.writers.downscale_image`), so that the overlay needs no second decoding.
 
     Args:
         keys: image key(s); each value is a file path.
         spacing_key: key of the CSV spacing ``[sx, sy]`` or ``None`` (absent / NaN pair = not given).
         points_key: key of the landmarks ``(N, 2)`` original pixels; absent or ``None`` is allowed.
         orig_points_key, orig_hw_key, source_key, matrix_key: names of the keys written.
+        problems_key: if set, key of the image problems written (see above).
+        preview_key: if set, key of the shrunk copy written (see above).
+        preview_max_size: longer side of that copy, pixels.
         allow_missing_keys: don't raise if an image key is absent.
 
     Raises:
@@ -170,9 +179,14 @@ class LoadLandmarkImaged(MapTransform):
         orig_hw_key: str = "orig_hw",
         source_key: str = "spacing_source",
         matrix_key: str = "net_from_orig",
+        problems_key: str | None = None,
+        preview_key: str | None = None,
+        preview_max_size: int = 1024,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.problems_key, self.preview_key = problems_key, preview_key
+        self.preview_max_size = int(preview_max_size)
         self.spacing_key = spacing_key
         self.points_key = points_key
         self.orig_points_key = orig_points_key
@@ -210,6 +224,11 @@ class LoadLandmarkImaged(MapTransform):
             d[self.source_key] = source
             d[self.orig_hw_key] = np.array(record.array.shape, dtype=np.int64)
             d[self.matrix_key] = np.eye(3, dtype=np.float64)
+            if self.problems_key is not None:
+                d[self.problems_key] = PROBLEM_SEPARATOR.join(
+                    image_problems(record.array, record.modality, record.spacing_problem))
+            if self.preview_key is not None:
+                d[self.preview_key] = downscale_image(record.array, self.preview_max_size)
             if d.get(self.points_key) is not None:
                 try:
                     points = _points_array(d[self.points_key], self.points_key)

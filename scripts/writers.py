@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fnmatch
 import json
 import math
 import os
@@ -36,14 +37,23 @@ from scripts.coords import apply_matrix, resize_matrix
 
 __all__ = [
     "COORDINATE_CONVENTION",
+    "STATUSES",
     "LandmarkResult",
+    "landmark_result_from_document",
+    "landmark_csv_row",
     "atomic_write",
+    "fsync_folder",
+    "temporary_name_pattern",
+    "remove_stale_temporaries",
     "write_text",
     "output_path",
+    "SymlinkInOutputError",
+    "refuse_symlinks",
     "write_landmarks_json",
     "landmark_csv_header",
     "LandmarkCsvWriter",
     "write_error_csv",
+    "downscale_image",
     "render_overlay",
     "write_overlay_png",
     "landmark_label_image",
@@ -60,6 +70,9 @@ COORDINATE_CONVENTION = (
 
 _DECIMALS = 4
 
+#: Per-image trust flags, from most to least trusted (see :mod:`scripts.trust`).
+STATUSES = ("ok", "low_confidence", "out_of_distribution")
+
 
 @dataclass
 class LandmarkResult:
@@ -73,6 +86,8 @@ class LandmarkResult:
         spacing: ``(sx, sy)`` mm/px, or ``None`` if unknown.
         spacing_source: header field the spacing came from (e.g. ``"PixelSpacing"``), ``"unknown"``.
         points_mm: ``(N, 2)`` ``(x, y)`` in mm (``points_px * spacing``), NaN without spacing.
+        status: how far to trust the result, one of :data:`STATUSES` (see :mod:`scripts.trust`).
+        status_reasons: why the status is not ``"ok"`` (empty when it is).
     """
 
     image: str
@@ -82,6 +97,8 @@ class LandmarkResult:
     spacing: tuple[float, float] | None
     spacing_source: str
     points_mm: np.ndarray
+    status: str = "ok"
+    status_reasons: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.points_px = np.asarray(self.points_px, dtype=np.float64).reshape(-1, 2)
@@ -93,6 +110,9 @@ class LandmarkResult:
                 f"{self.image}: {n} points but {len(self.confidence)} confidences and {len(self.points_mm)} mm points."
             )
         self.image_hw = (int(self.image_hw[0]), int(self.image_hw[1]))
+        if self.status not in STATUSES:
+            raise ValueError(f"{self.image}: status {self.status!r} is not one of {STATUSES}.")
+        self.status_reasons = tuple(str(r) for r in self.status_reasons)
 
     @property
     def num_landmarks(self) -> int:
@@ -140,15 +160,77 @@ def output_path(output_dir: PathLike, subdir: str, relative_input: str, suffix: 
         raise ValueError(f"output subfolder {subdir!r} must be a single folder name.")
     base = Path(output_dir) / subdir
     path = base.joinpath(*rel.parts[:-1], rel.parts[-1] + suffix)
+    refuse_symlinks(output_dir, path)
     if not path.resolve().is_relative_to(base.resolve()):
         raise ValueError(f"output path {path} for {relative_input!r} leaves {base}.")
     return path
 
 
-def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
+class SymlinkInOutputError(ValueError):
+    """An output would be written through a symbolic link inside the output folder."""
+
+
+def refuse_symlinks(output_dir: PathLike, path: PathLike) -> None:
+    """Raise :class:`SymlinkInOutputError` if ``path`` (below ``output_dir``) or any folder between
+    them is a symbolic link, so that nothing is written outside ``output_dir`` through a link placed
+    in it (``output_dir`` itself may be a link)."""
+    root, current = Path(output_dir), Path(path)
+    rel = current.relative_to(root)
+    for depth in range(len(rel.parts), 0, -1):
+        part = root.joinpath(*rel.parts[:depth])
+        if part.is_symlink():
+            raise SymlinkInOutputError(
+                f"{part} is a symbolic link (to {os.readlink(part)}) inside the output folder {root}: refusing to "
+                "write through it; remove the link or choose another --output_dir."
+            )
+
+
+def _current_umask() -> int:
+    """The process's umask (read by setting and restoring it: POSIX has no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fsync_folder(folder: PathLike) -> None:
+    """Flush a folder's entries (e.g. a rename into it) to disk; a no-op where folders cannot be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(os.fspath(folder), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def temporary_name_pattern(name: str) -> str:
+    """Glob pattern of the hidden temporary files :func:`atomic_write` creates for a file ``name``."""
+    return f".{name}.*.tmp"
+
+
+def remove_stale_temporaries(folder: PathLike) -> list[Path]:
+    """Remove the hidden ``.<name>.<random>.tmp`` files that a killed :func:`atomic_write` left in
+    ``folder`` and below it (links to folders are not followed). Returns the removed paths."""
+    removed = []
+    for here, _, files in os.walk(folder):
+        for name in files:
+            path = Path(here) / name
+            if fnmatch.fnmatchcase(name, ".*.*.tmp") and path.is_file() and not path.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None], durable: bool = True) -> Path:
     """Create ``path`` atomically: ``write(temp_path)`` fills a hidden temporary file in the same
-    folder, which is then renamed to ``path`` (replacing an older file); on any error the temporary
-    file is removed and ``path`` is left as it was. Parent folders are created.
+    folder (``.<name>.<random>.tmp``), which is then renamed to ``path`` (replacing an older file);
+    on any error the temporary file is removed and ``path`` is left as it was. Parent folders are
+    created. The file gets the mode ``0o666`` less the process's umask, like ``open(path, "w")``
+    would give it (the temporary file starts at ``0o600``).
+
+    Args:
+        durable: also flush the file before the rename and the folder after it (``fsync``), so that
+            after a power cut ``path`` holds the old or the new content, never an empty file.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -159,11 +241,20 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_current_umask())
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    if durable:
+        fsync_folder(path.parent)
     return path
 
 
@@ -187,7 +278,8 @@ def landmarks_document(result: LandmarkResult, landmark_names: Sequence[str] | N
     Content: ``image`` (relative input path), ``image_size`` ``{"width", "height"}`` px,
     ``spacing_mm_per_px`` ``{"x", "y"}`` or ``null``, ``spacing_source``, ``coordinate_convention`` and
     ``landmarks``: one object per landmark with ``index``, ``name``, ``x``, ``y`` (original px),
-    ``x_mm``, ``y_mm`` (``null`` without spacing) and ``confidence`` in ``[0, 1]``.
+    ``x_mm``, ``y_mm`` (``null`` without spacing) and ``confidence`` in ``[0, 1]``; ``status``
+    (``ok``, ``low_confidence`` or ``out_of_distribution``) and ``status_reasons`` (list of text).
     """
     names = _landmark_names(landmark_names, result.num_landmarks)
     spacing = None if result.spacing is None else {"x": _number(result.spacing[0]), "y": _number(result.spacing[1])}
@@ -209,8 +301,32 @@ def landmarks_document(result: LandmarkResult, landmark_names: Sequence[str] | N
         "spacing_mm_per_px": spacing,
         "spacing_source": result.spacing_source,
         "coordinate_convention": COORDINATE_CONVENTION,
+        "status": result.status,
+        "status_reasons": list(result.status_reasons),
         "landmarks": landmarks,
     }
+
+
+def landmark_result_from_document(document: dict) -> LandmarkResult:
+    """The :class:`LandmarkResult` of a :func:`landmarks_document` (e.g. read back from its JSON file);
+    values are those of the document (rounded to 4 decimals), ``null`` becomes NaN."""
+
+    def value(v) -> float:
+        return math.nan if v is None else float(v)
+
+    marks = document["landmarks"]
+    spacing = document.get("spacing_mm_per_px")
+    return LandmarkResult(
+        image=document["image"],
+        image_hw=(document["image_size"]["height"], document["image_size"]["width"]),
+        points_px=[[value(m["x"]), value(m["y"])] for m in marks],
+        confidence=[value(m["confidence"]) for m in marks],
+        spacing=None if spacing is None else (float(spacing["x"]), float(spacing["y"])),
+        spacing_source=document.get("spacing_source", "unknown"),
+        points_mm=[[value(m["x_mm"]), value(m["y_mm"])] for m in marks],
+        status=document.get("status", "ok"),
+        status_reasons=tuple(document.get("status_reasons", ())),
+    )
 
 
 def write_landmarks_json(path: PathLike, result: LandmarkResult, landmark_names: Sequence[str] | None = None) -> Path:
@@ -222,13 +338,14 @@ def write_landmarks_json(path: PathLike, result: LandmarkResult, landmark_names:
 def landmark_csv_header(landmark_names: Sequence[str]) -> list[str]:
     """Columns of ``landmarks.csv``: ``image``, then ``<name>_x, <name>_y, <name>_confidence`` per
     landmark (original px), then ``<name>_x_mm, <name>_y_mm`` per landmark, then ``width, height``
-    (px), ``spacing_x_mm, spacing_y_mm`` (mm/px) and ``spacing_source``."""
+    (px), ``spacing_x_mm, spacing_y_mm`` (mm/px), ``spacing_source``, ``status`` (``ok``,
+    ``low_confidence``, ``out_of_distribution``) and ``status_reason`` (reasons joined by ``"; "``)."""
     columns = ["image"]
     for name in landmark_names:
         columns += [f"{name}_x", f"{name}_y", f"{name}_confidence"]
     for name in landmark_names:
         columns += [f"{name}_x_mm", f"{name}_y_mm"]
-    return columns + ["width", "height", "spacing_x_mm", "spacing_y_mm", "spacing_source"]
+    return columns + ["width", "height", "spacing_x_mm", "spacing_y_mm", "spacing_source", "status", "status_reason"]
 
 
 def _cell(value) -> str:
@@ -236,12 +353,26 @@ def _cell(value) -> str:
     return "" if number is None else repr(number)
 
 
+def landmark_csv_row(result: LandmarkResult, landmark_names: Sequence[str]) -> list[str]:
+    """The cells of one image's row of ``landmarks.csv`` (:func:`landmark_csv_header`)."""
+    if result.num_landmarks != len(landmark_names):
+        raise ValueError(f"{result.image}: {result.num_landmarks} landmarks, the CSV has {len(landmark_names)}.")
+    row = [result.image]
+    for k in range(result.num_landmarks):
+        row += [_cell(result.points_px[k, 0]), _cell(result.points_px[k, 1]), _cell(result.confidence[k])]
+    for k in range(result.num_landmarks):
+        row += [_cell(result.points_mm[k, 0]), _cell(result.points_mm[k, 1])]
+    spacing = (math.nan, math.nan) if result.spacing is None else result.spacing
+    row += [str(result.image_hw[1]), str(result.image_hw[0]), _cell(spacing[0]), _cell(spacing[1])]
+    return row + [result.spacing_source, result.status, "; ".join(result.status_reasons)]
+
+
 class LandmarkCsvWriter:
     """One CSV for a whole folder: a header (:func:`landmark_csv_header`) and one row per image.
 
-    Rows go to a hidden temporary file next to ``path``; :meth:`close` (also on leaving a ``with``
-    block, even through an exception) renames it to ``path``, so ``path`` only ever holds a complete
-    table of the images written so far.
+    Rows are kept in memory (a few hundred bytes per image); :meth:`close` (also on leaving a ``with``
+    block, even through an exception) writes the table with :func:`atomic_write`, so ``path`` only
+    ever holds a complete table.
 
     Args:
         path: the CSV file, e.g. ``OUT/landmarks.csv``.
@@ -251,39 +382,30 @@ class LandmarkCsvWriter:
     def __init__(self, path: PathLike, landmark_names: Sequence[str]) -> None:
         self.path = Path(path)
         self.landmark_names = _landmark_names(landmark_names, len(landmark_names))
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._file = os.fdopen(fd, "w", encoding="utf-8", newline="")
-        self._csv = csv.writer(self._file)
-        self._csv.writerow(landmark_csv_header(self.landmark_names))
-        self.num_rows = 0
+        self._rows: list[list[str]] | None = []
+
+    @property
+    def num_rows(self) -> int:
+        return len(self._rows or [])
 
     def write(self, result: LandmarkResult) -> None:
-        """Append the row of one image."""
-        if self._file is None:
+        """Add the row of one image."""
+        if self._rows is None:
             raise RuntimeError(f"{self.path}: the writer is closed.")
-        if result.num_landmarks != len(self.landmark_names):
-            raise ValueError(
-                f"{result.image}: {result.num_landmarks} landmarks, the CSV has {len(self.landmark_names)}."
-            )
-        row = [result.image]
-        for k in range(result.num_landmarks):
-            row += [_cell(result.points_px[k, 0]), _cell(result.points_px[k, 1]), _cell(result.confidence[k])]
-        for k in range(result.num_landmarks):
-            row += [_cell(result.points_mm[k, 0]), _cell(result.points_mm[k, 1])]
-        spacing = (math.nan, math.nan) if result.spacing is None else result.spacing
-        row += [str(result.image_hw[1]), str(result.image_hw[0]), _cell(spacing[0]), _cell(spacing[1])]
-        row.append(result.spacing_source)
-        self._csv.writerow(row)
-        self._file.flush()
-        self.num_rows += 1
+        self._rows.append(landmark_csv_row(result, self.landmark_names))
 
     def close(self) -> Path:
-        """Finish the table and move it to :attr:`path`."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            os.replace(self._tmp, self.path)
+        """Write the table to :attr:`path` (once)."""
+        if self._rows is not None:
+            rows, self._rows = self._rows, None
+
+            def write(tmp: str) -> None:
+                with open(tmp, "w", encoding="utf-8", newline="") as f:
+                    writer = csv.writer(f)
+                    writer.writerow(landmark_csv_header(self.landmark_names))
+                    writer.writerows(rows)
+
+            atomic_write(self.path, write)
         return self.path
 
     def __enter__(self) -> LandmarkCsvWriter:
@@ -326,7 +448,7 @@ def _to_8bit(image: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.n
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _downscale(image: np.ndarray, max_size: int) -> np.ndarray:
+def downscale_image(image: np.ndarray, max_size: int) -> np.ndarray:
     """``image`` ``(H, W)`` shrunk (antialiased) so that its longer side is at most ``max_size``."""
     h, w = image.shape
     scale = min(1.0, max_size / max(h, w))
@@ -348,6 +470,7 @@ def render_overlay(
     points_px: np.ndarray,
     labels: Sequence[str] | None = None,
     max_size: int = 1024,
+    image_hw: Sequence[int] | None = None,
 ):
     """The image as 8-bit RGB with numbered landmark markers, shrunk if large.
 
@@ -357,6 +480,8 @@ def render_overlay(
         labels: text drawn next to each marker, default ``"0"``, ``"1"``, ...
         max_size: longest side of the overlay, pixels; larger images are shrunk (points follow with
             the pixel-centre convention of :mod:`scripts.coords`).
+        image_hw: ``(H, W)`` of the original image when ``image`` is a shrunk copy of it (e.g. the
+            preview of :class:`scripts.transforms.LoadLandmarkImaged`); ``points_px`` stay in original pixels.
 
     Returns:
         a ``PIL.Image.Image`` in mode ``"RGB"``.
@@ -368,8 +493,9 @@ def render_overlay(
         raise ValueError(f"overlay: expected an (H, W) image, got shape {image.shape}.")
     points = np.asarray(points_px, dtype=np.float64).reshape(-1, 2)
     labels = [str(k) for k in range(len(points))] if labels is None else [str(t) for t in labels]
-    small = _downscale(image, int(max_size))
-    points = apply_matrix(points, resize_matrix(image.shape, small.shape))
+    small = downscale_image(image, int(max_size))
+    original_hw = image.shape if image_hw is None else (int(image_hw[0]), int(image_hw[1]))
+    points = apply_matrix(points, resize_matrix(original_hw, small.shape))
     canvas = Image.fromarray(_to_8bit(small)).convert("RGB")
     draw = ImageDraw.Draw(canvas)
     size = max(small.shape)
@@ -393,9 +519,10 @@ def write_overlay_png(
     points_px: np.ndarray,
     labels: Sequence[str] | None = None,
     max_size: int = 1024,
+    image_hw: Sequence[int] | None = None,
 ) -> Path:
     """Render with :func:`render_overlay` and save as an 8-bit RGB PNG (atomically)."""
-    overlay = render_overlay(image, points_px, labels, max_size)
+    overlay = render_overlay(image, points_px, labels, max_size, image_hw)
     return atomic_write(path, lambda tmp: overlay.save(tmp, format="PNG"))
 
 

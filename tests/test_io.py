@@ -347,7 +347,19 @@ def _bad_file(tmp_path, kind):
         )
         data = (tmp_path / "cut.png").read_bytes()
         (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
-        return tmp_path / "cut.png", "cannot read as PNG/JPEG"
+        return tmp_path / "cut.png", "PNG file is truncated"
+    if kind == "truncated_png_chunk":  # cut inside a chunk header: Pillow's own message is a bare struct error
+        Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "cut.png")
+        (tmp_path / "cut.png").write_bytes((tmp_path / "cut.png").read_bytes()[:35])
+        return tmp_path / "cut.png", "PNG file is truncated"
+    if kind == "truncated_jpeg":
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(tmp_path / "cut.jpg")
+        data = (tmp_path / "cut.jpg").read_bytes()
+        (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+        return tmp_path / "cut.jpg", "JPEG file is truncated"
+    if kind == "dangling_symlink":
+        (tmp_path / "gone.png").symlink_to(tmp_path / "deleted.png")
+        return tmp_path / "gone.png", "broken symbolic link"
     if kind == "garbage_dcm":
         (tmp_path / "junk.dcm").write_bytes(b"\x00\x01garbage" * 20)
         return tmp_path / "junk.dcm", "DICOM"
@@ -361,8 +373,8 @@ def _bad_file(tmp_path, kind):
 
 
 BAD_KINDS = [
-    "missing", "empty", "text_png", "text_txt", "text_no_suffix", "truncated_png",
-    "garbage_dcm", "garbage_nifti", "garbage_mha",
+    "missing", "empty", "text_png", "text_txt", "text_no_suffix", "truncated_png", "truncated_png_chunk",
+    "truncated_jpeg", "dangling_symlink", "garbage_dcm", "garbage_nifti", "garbage_mha",
 ]
 
 
@@ -373,7 +385,7 @@ def test_bad_files_raise_image_read_error_naming_the_file(tmp_path, kind):
         read_image(path)
     assert str(path) in str(info.value) and problem in str(info.value)
     assert isinstance(info.value, ValueError)
-    if kind != "truncated_png":  # the header of a truncated PNG is intact
+    if kind not in ("truncated_png", "truncated_jpeg"):  # their headers are intact
         with pytest.raises(ImageReadError, match=path.name):
             read_image_size(path)
 
