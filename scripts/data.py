@@ -451,8 +451,7 @@ def keep_reference_image(reference_image: str | os.PathLike | None, ckpt_dir: st
         raise FileNotFoundError(f"{source}: histogram-matching reference image not found (set --reference_image).")
     target = Path(ckpt_dir) / source.name
     if target.resolve() != source.resolve():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
+        from scripts.writers import atomic_write  # atomic and durable, like every file under models/
+
+        atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
     return str(target)

@@ -14,7 +14,7 @@ from monai.bundle import ConfigParser
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["write_dicom", "DX_FOR_PRESENTATION", "BUNDLE_ROOT", "run_bundle", "SMALL", "tiny_checkpoint"]
+__all__ = ["write_dicom", "write_compressed_dicom", "DX_FOR_PRESENTATION", "BUNDLE_ROOT", "run_bundle", "SMALL", "tiny_checkpoint"]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,6 +71,43 @@ def write_dicom(path, array, *, preamble: bool = True, transfer_syntax=ExplicitV
     if transfer_syntax != ExplicitVRLittleEndian:
         ds.compress(transfer_syntax, stored)
     ds.save_as(os.fspath(path), enforce_file_format=preamble)
+    return os.fspath(path)
+
+
+def write_compressed_dicom(path, array, transfer_syntax, **tags) -> str:
+    """Write ``array`` (``(H, W)`` uint8 or uint16) as a DICOM file whose pixel data are encoded in
+    ``transfer_syntax`` by a real codec, independent of the decoders the bundle uses: libjpeg-turbo
+    (JPEG baseline, 12-bit extended, lossless process 14 SV1), CharLS (JPEG-LS) and OpenJPEG
+    (JPEG 2000, reversible), all through imagecodecs; RLE by pydicom's own encoder. Lossless syntaxes
+    (and reversible JPEG 2000 under either UID) keep the pixels exactly. ``tags`` as in :func:`write_dicom`.
+    """
+    import imagecodecs
+    import pydicom
+    from pydicom import uid
+    from pydicom.encaps import encapsulate
+
+    pixels = np.asarray(array)
+    bits = 8 if pixels.dtype == np.uint8 else int(tags.get("BitsStored", 16))
+    if transfer_syntax == uid.RLELossless:
+        return write_dicom(path, pixels, transfer_syntax=uid.RLELossless, **tags)
+    encoders = {
+        uid.JPEGBaseline8Bit: lambda a: imagecodecs.jpeg8_encode(a, level=95),
+        uid.JPEGExtended12Bit: lambda a: imagecodecs.jpeg8_encode(a, level=95, bitspersample=12),
+        uid.JPEGLosslessSV1: lambda a: imagecodecs.jpeg8_encode(a, lossless=True, predictor=1, bitspersample=bits),
+        uid.JPEGLSLossless: lambda a: imagecodecs.jpegls_encode(a, level=0),
+        uid.JPEG2000Lossless: lambda a: imagecodecs.jpeg2k_encode(a, codecformat="J2K", reversible=True, bitspersample=bits),
+        uid.JPEG2000: lambda a: imagecodecs.jpeg2k_encode(a, codecformat="J2K", reversible=True, bitspersample=bits),
+    }
+    frame = encoders[transfer_syntax](pixels)
+    write_dicom(path, pixels, **tags)
+    ds = pydicom.dcmread(path)
+    if pixels.dtype == np.uint8:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.file_meta.TransferSyntaxUID = transfer_syntax
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    ds.save_as(os.fspath(path), enforce_file_format=True)
     return os.fspath(path)
 
 

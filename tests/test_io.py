@@ -8,6 +8,7 @@ import pytest
 import SimpleITK as sitk
 from PIL import Image
 from pydicom.encaps import encapsulate
+from pydicom import uid
 from pydicom.uid import JPEGLSLossless, RLELossless
 
 from scripts.io import (
@@ -18,7 +19,7 @@ from scripts.io import (
     read_image,
     read_image_size,
 )
-from tests.helpers import write_dicom
+from tests.helpers import write_compressed_dicom, write_dicom
 
 H, W = 6, 9  # non-square on purpose
 ROW, COL = 1, 7  # a distinctive pixel far from the diagonal
@@ -224,6 +225,63 @@ def test_dicom_rle_compressed(tmp_path):
     image = reference_image()
     path = write_dicom(tmp_path / "rle.dcm", image, transfer_syntax=RLELossless)
     np.testing.assert_array_equal(read_image(path).array, image)
+
+
+def radiograph_12bit(hw=(96, 80), seed=0) -> np.ndarray:
+    """Smooth anatomy-like structure plus noise, 12-bit stored in uint16 (compresses like a radiograph)."""
+    rows, cols = np.mgrid[: hw[0], : hw[1]]
+    noise = np.random.default_rng(seed).normal(0, 40, hw)
+    image = 1800 + 900 * np.sin(cols / 9.0) * np.cos(rows / 13.0) + noise
+    image[10:30, 20:26] = 4095  # a bright edge (metal)
+    return np.clip(image, 0, 4095).astype(np.uint16)
+
+
+LOSSLESS_SYNTAXES = [uid.JPEGLosslessSV1, uid.JPEGLSLossless, uid.JPEG2000Lossless, uid.JPEG2000, uid.RLELossless]
+
+
+@pytest.mark.parametrize("syntax", LOSSLESS_SYNTAXES, ids=lambda s: s.name)
+def test_compressed_dicom_decodes_to_the_uncompressed_pixels(tmp_path, syntax):
+    """Each transfer syntax radiographs come in, encoded by a real codec, reads back exactly as the
+    uncompressed file does (JPEG 2000 under its general UID encoded reversibly)."""
+    image = radiograph_12bit()
+    plain = read_image(write_dicom(tmp_path / "plain.dcm", image, BitsStored=12, PixelSpacing=[0.2, 0.1]))
+    path = write_compressed_dicom(tmp_path / "packed.dcm", image, syntax, BitsStored=12, PixelSpacing=[0.2, 0.1])
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == syntax and len(ds.PixelData) < image.nbytes  # really compressed
+    record = read_image(path)
+    np.testing.assert_array_equal(record.array, image.astype(np.float32))
+    np.testing.assert_array_equal(record.array, plain.array)
+    assert record.spacing == plain.spacing == (0.1, 0.2)
+
+
+@pytest.mark.parametrize("syntax", [uid.JPEGBaseline8Bit, uid.JPEGExtended12Bit], ids=lambda s: s.name)
+def test_lossy_jpeg_dicom_decodes_close_to_the_original(tmp_path, syntax):
+    image = radiograph_12bit()
+    if syntax == uid.JPEGBaseline8Bit:
+        image = (image >> 4).astype(np.uint8)
+        path = write_compressed_dicom(tmp_path / "lossy.dcm", image, syntax)
+    else:
+        path = write_compressed_dicom(tmp_path / "lossy.dcm", image, syntax, BitsStored=12)
+    decoded = read_image(path).array
+    error = np.abs(decoded - image.astype(np.float32))
+    top = 255 if image.dtype == np.uint8 else 4095
+    assert decoded.shape == image.shape and error.mean() < 0.02 * top and error.max() < 0.25 * top
+
+
+def test_dicom_modality_is_kept(tmp_path):
+    assert read_image(write_dicom(tmp_path / "ct.dcm", reference_image(), Modality="CT")).modality == "CT"
+    assert read_image(write_dicom(tmp_path / "none.dcm", reference_image(), Modality=None)).modality is None
+
+
+@pytest.mark.parametrize("spacing", [[1e30, 1e30], [0.001, 0.001], [10.0, 0.1]])
+def test_implausible_dicom_spacing_is_ignored_and_reported(tmp_path, spacing):
+    record = read_image(write_dicom(tmp_path / "odd.dcm", reference_image(), PixelSpacing=spacing))
+    assert record.spacing is None and record.spacing_source == "unknown"
+    assert "outside the plausible 0.01-5 mm/px" in record.spacing_problem and "PixelSpacing" in record.spacing_problem
+    fine = read_image(write_dicom(tmp_path / "fine.dcm", reference_image(), PixelSpacing=[0.01, 5.0]))
+    assert fine.spacing == (5.0, 0.01) and fine.spacing_problem is None
 
 
 def test_dicom_missing_decoder_is_explained(tmp_path):
