@@ -28,6 +28,7 @@ __all__ = [
     "TARGET_KEYS",
     "prepare_landmark_batch",
     "bf16_is_fast",
+    "as_bool",
     "resolve_flag",
     "AutocastInferer",
     "decode_batch_points",
@@ -84,17 +85,36 @@ def bf16_is_fast(device) -> bool:
     return False
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "none", "")
+
+
+def as_bool(value) -> bool:
+    """A config flag as bool; also the strings a command line gives (``--resume true`` reaches the
+    config as the string ``"true"``, and ``--lr_decay false`` as ``"false"``, which Python finds true).
+
+    Raises:
+        ValueError: a string that is not one of true/false, yes/no, on/off, 1/0.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ValueError(f"expected true or false, got {value!r}")
+    return bool(value)
+
+
 def resolve_flag(value, device) -> bool:
     """Config flag that may be ``"auto"``: then True exactly where bf16 is fast (see ``bf16_is_fast``).
 
     Used for ``amp`` (bf16 autocast) and ``channels_last``, which pay off together on AMX CPUs and
-    cost time on CPUs without native bf16.
+    cost time on CPUs without native bf16. Other values go through :func:`as_bool`.
     """
-    if isinstance(value, str):
-        if value.lower() != "auto":
-            raise ValueError(f"expected true, false or 'auto', got {value!r}")
+    if isinstance(value, str) and value.strip().lower() == "auto":
         return bf16_is_fast(device)
-    return bool(value)
+    try:
+        return as_bool(value)
+    except ValueError:
+        raise ValueError(f"expected true, false or 'auto', got {value!r}") from None
 
 
 class AutocastInferer(Inferer):
@@ -311,7 +331,7 @@ class LastCheckpoint:
     ) -> None:
         self.path = str(path)
         self.save_dict = {name: obj for name, obj in dict(save_dict).items() if obj is not None}
-        self.resume = bool(resume)
+        self.resume = as_bool(resume)
         self.interval = max(1, int(interval))
         self.evaluator = evaluator
         self.config = {str(k): v for k, v in dict(config or {}).items()}

@@ -39,6 +39,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from tqdm import tqdm
 
+from scripts.engines import load_checkpoint
 from scripts.heatmap import decode_heatmaps, points_to_mm, points_to_original
 from scripts.io import ImageReadError, is_image_candidate, read_image
 from scripts.writers import (
@@ -159,12 +160,14 @@ def load_weights(network: torch.nn.Module, ckpt_path: PathLike) -> torch.nn.Modu
 
     Raises:
         FileNotFoundError: no file at ``ckpt_path``.
-        ValueError: the file holds no weights, or they do not fit the network (message names the file).
+        ValueError: the file holds no weights, holds objects other than tensors and containers
+            (refused unread: loading them could run code), or the weights do not fit the network
+            (message names the file).
     """
     path = os.fspath(ckpt_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} not found.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)  # weights_only: a crafted file cannot run code
     if isinstance(state, Mapping) and not all(isinstance(v, torch.Tensor) for v in state.values()):
         nested = next((state[k] for k in ("model", "network") if isinstance(state.get(k), Mapping)), None)
         if nested is None:
