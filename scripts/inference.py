@@ -20,6 +20,8 @@ Used by ``configs/inference.json``::
 Outputs below ``OUT``: ``landmarks.csv`` (one row per image), ``errors.csv``, and per input
 ``a/b/img.dcm``: ``landmarks/a/b/img.dcm.json``, ``overlays/a/b/img.dcm.png`` and
 ``labels/a/b/img.dcm.png`` (disc of value ``k + 1`` per landmark, the original image's size).
+Every result carries a trust ``status`` (:mod:`scripts.trust`). A run that produced no result
+raises :class:`FolderInferenceError` (exit code 1 of ``monai.bundle run``).
 """
 
 from __future__ import annotations

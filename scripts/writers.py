@@ -6,9 +6,11 @@ image (the file as read by :func:`scripts.io.read_image`), the integer ``k`` is 
 file header, measured from the centre of the top-left pixel. A value that is not known (no spacing,
 a missing landmark) is ``null`` in JSON and an empty cell in CSV, never 0.
 
-Every file is written atomically: to a hidden temporary file in the target folder, then renamed
-(:func:`atomic_write`), so a reader never sees a half-written file; an exception or Ctrl-C leaves
-none behind (only a killed process can leave a hidden ``.<name>.*.tmp`` file).
+Every file is written atomically and durably: to a hidden temporary file in the target folder,
+flushed to disk, then renamed (:func:`atomic_write`), with the mode the umask gives, so a reader
+never sees a half-written file; an exception or Ctrl-C leaves none behind (only a killed process
+can leave a hidden ``.<name>.*.tmp`` file, which :func:`remove_stale_temporaries` clears).
+:func:`output_path` refuses to write through a symbolic link inside the output folder.
 
 :func:`output_path` derives output names from the input's path relative to the input folder by
 mirroring it below a subfolder of the output folder (``a/b/img.dcm`` ->
