@@ -293,7 +293,7 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
     generator = StackedHourglass(num_landmarks=37, num_channels=8, depth=2)
     generator.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True))
     assert generator.eval()(torch.zeros(1, 1, 64, 64)).shape == (1, 37, 64, 64)
-    state = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 2
     PoseDiscriminator(num_landmarks=37, base_channels=8, num_downsamples=2).load_state_dict(state["pose_discriminator"])
     ConfidenceDiscriminator(num_landmarks=37, base_channels=8, num_downsamples=2).load_state_dict(
@@ -304,7 +304,7 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
     # merged over train.json, resuming: discriminators continue from last.ckpt
     log = run_bundle("training", str([TRAIN, ADVERSARIAL]), {**values, "max_epochs": 2, "resume": True})
     assert "resumed from" in log
-    resumed = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=True)
     assert resumed["trainer"]["iteration"] == 4
     # Adam's step count continues from the saved state: 2 steps before, 2 after resuming
     for name in ("pose_optimizer", "confidence_optimizer"):

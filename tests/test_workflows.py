@@ -60,7 +60,7 @@ def test_training_two_iterations_resume_and_evaluate(tiny_dataset, tmp_path):
     assert best.is_file() and last.is_file()
     out = _load_network(best)(torch.zeros(1, 1, 64, 64))
     assert out.shape == (1, 37, 64, 64) and torch.isfinite(out).all()
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 2 and state["trainer"]["epoch_length"] == 2
     assert list(tmp_path.joinpath("runs").glob("events.out.tfevents.*")), "no TensorBoard log"
 
@@ -68,7 +68,7 @@ def test_training_two_iterations_resume_and_evaluate(tiny_dataset, tmp_path):
     weights_before = state["network"]
     log = run_bundle("training", [TRAIN], {**values, "max_epochs": 2, "resume": True})
     assert "resumed from" in log
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = torch.load(last, map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] == 4 and state["trainer"]["max_epochs"] == 2
     assert any(not torch.equal(weights_before[k], state["network"][k]) for k in weights_before)
 
