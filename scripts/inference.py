@@ -41,7 +41,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from tqdm import tqdm
 
-from scripts.engines import load_checkpoint
+from scripts.engines import as_bool, load_checkpoint
 from scripts.heatmap import decode_heatmaps, points_to_mm, points_to_original
 from scripts.io import ImageReadError, is_image_candidate, read_image
 from scripts.writers import (
@@ -467,18 +467,18 @@ class FolderInference:
         self.device = torch.device(device)
         self.ckpt_path = None if ckpt_path is None else os.fspath(ckpt_path)
         self.torchscript_path = None if torchscript_path is None else os.fspath(torchscript_path)
-        self.allow_random_weights = bool(allow_random_weights)
+        self.allow_random_weights = as_bool(allow_random_weights)
         self.dataset_dir = None if dataset_dir is None else Path(dataset_dir).expanduser().absolute()
         self.skipped = list(skipped)
         self.landmark_names = None if landmark_names is None else [str(n) for n in landmark_names]
         self.label_suffix = "." + label_format
         self.overlay_max_size = int(overlay_max_size)
-        self.write_overlays = bool(write_overlays)
-        self.write_labels = bool(write_labels)
+        self.write_overlays = as_bool(write_overlays)
+        self.write_labels = as_bool(write_labels)
         self.memory_format = memory_format
         self.progress = progress
         self.preview_key = preview_key
-        self.strict = bool(strict)
+        self.strict = as_bool(strict)  # a command line gives the string 'false'
 
     # -- set-up
 
