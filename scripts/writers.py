@@ -213,9 +213,13 @@ def landmarks_document(result: LandmarkResult, landmark_names: Sequence[str] | N
     }
 
 
-def write_landmarks_json(path: PathLike, result: LandmarkResult, landmark_names: Sequence[str] | None = None) -> Path:
-    """Write :func:`landmarks_document` of one image as JSON (atomically)."""
+def write_landmarks_json(
+    path: PathLike, result: LandmarkResult, landmark_names: Sequence[str] | None = None, extra: dict | None = None
+) -> Path:
+    """Write :func:`landmarks_document` of one image as JSON (atomically), with the entries of
+    ``extra`` (e.g. ``provenance``, ``measurements``) added at the top level."""
     document = landmarks_document(result, landmark_names)
+    document.update(extra or {})
     return write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 
@@ -246,20 +250,24 @@ class LandmarkCsvWriter:
     Args:
         path: the CSV file, e.g. ``OUT/landmarks.csv``.
         landmark_names: the ``N`` landmark names (column prefixes).
+        extra_columns: further columns after those of :func:`landmark_csv_header` (e.g. provenance,
+            measurements), filled from the ``extra`` mapping of :meth:`write` (numbers rounded, ``None``
+            -> empty cell).
     """
 
-    def __init__(self, path: PathLike, landmark_names: Sequence[str]) -> None:
+    def __init__(self, path: PathLike, landmark_names: Sequence[str], extra_columns: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.landmark_names = _landmark_names(landmark_names, len(landmark_names))
+        self.extra_columns = [str(c) for c in extra_columns]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self._file = os.fdopen(fd, "w", encoding="utf-8", newline="")
         self._csv = csv.writer(self._file)
-        self._csv.writerow(landmark_csv_header(self.landmark_names))
+        self._csv.writerow(landmark_csv_header(self.landmark_names) + self.extra_columns)
         self.num_rows = 0
 
-    def write(self, result: LandmarkResult) -> None:
-        """Append the row of one image."""
+    def write(self, result: LandmarkResult, extra: dict | None = None) -> None:
+        """Append the row of one image (``extra``: values of the ``extra_columns``)."""
         if self._file is None:
             raise RuntimeError(f"{self.path}: the writer is closed.")
         if result.num_landmarks != len(self.landmark_names):
@@ -274,6 +282,10 @@ class LandmarkCsvWriter:
         spacing = (math.nan, math.nan) if result.spacing is None else result.spacing
         row += [str(result.image_hw[1]), str(result.image_hw[0]), _cell(spacing[0]), _cell(spacing[1])]
         row.append(result.spacing_source)
+        extra = extra or {}
+        for column in self.extra_columns:
+            value = extra.get(column)
+            row.append("" if value is None else _cell(value) if isinstance(value, (int, float)) else str(value))
         self._csv.writerow(row)
         self._file.flush()
         self.num_rows += 1
