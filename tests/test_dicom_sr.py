@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -11,6 +16,7 @@ from scripts.writers import LandmarkResult
 from tests.helpers import write_dicom
 
 hd = pytest.importorskip("highdicom")
+ROOT = Path(__file__).resolve().parents[1]
 
 PROVENANCE = {"model_file": "model.pt", "model_sha256": "ab" * 32, "bundle_version": "0.2.0",
               "preprocessing_grid": {"height": 32, "width": 32, "keep_aspect": False}}
@@ -69,3 +75,20 @@ def test_is_dicom_and_coordinate_round_trip(tmp_path):
     assert not is_dicom(tmp_path / "a.png")
     points = np.array([[1.25, -0.5], [np.nan, np.nan]])
     np.testing.assert_array_equal(scoord_to_pixel(pixel_to_scoord(points)), points)
+
+
+def test_bundle_works_without_highdicom_and_mlflow(tmp_path):
+    """As in the MONAI Label environment (pydicom 2, no highdicom, no MLflow): the inference modules
+    import, and folder inference with SRs on stops at once with an error that says what to do."""
+    code = (
+        "import sys; sys.modules['highdicom'] = None; sys.modules['mlflow'] = None\n"
+        "import scripts.inference, scripts.dicom_sr, scripts.slicer_markups, scripts.measurements\n"
+        "try:\n"
+        "    scripts.dicom_sr.require_highdicom()\n"
+        "except ImportError as err:\n"
+        "    print('ERROR', err)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ERROR DICOM SR output needs highdicom" in proc.stdout and "--write_sr false" in proc.stdout
