@@ -264,3 +264,51 @@ def test_folder_inference_exports(tmp_path):
     assert values["leg_length_difference_mm"] == pytest.approx(float(row["leg_length_difference_mm"]), abs=1e-3)
     assert float(row["right_leg_length_mm"]) == pytest.approx(values["right_leg_length_mm"], abs=1e-3)
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files left
+
+
+def test_mixed_folder_through_the_cli_writes_markups_and_srs(tmp_path):
+    """The CLI on DICOM (with and without suffix), PNG, JPEG and MHA inputs: a valid markups file for
+    every image, with the CSV's points in its frame, and an SR for every DICOM input, for no other."""
+    import subprocess
+    import sys
+
+    import highdicom as hd
+
+    from scripts.dicom_sr import scoord_to_pixel
+    from tests.helpers import tiny_checkpoint
+    from tests.test_inference import make_mixed_folder
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    good, _, _ = make_mixed_folder(inp)
+    checkpoint = tiny_checkpoint(tmp_path / "tiny.pt")
+    command = [
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+        "--bundle_root", ".", "--dataset_dir", str(inp), "--output_dir", str(out), "--ckpt_path", str(checkpoint),
+        "--num_filters", "4", "--network_def#sc_num_filters", "4", "--spatial_size", "[32, 32]",
+    ]
+    proc = subprocess.run(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_rows(out / "landmarks.csv")
+    assert set(rows) == good
+    dicoms = {"dicom/spaced.dcm", "dicom/no_suffix"}
+    sha = file_sha256(checkpoint)
+    for image in good:
+        row = rows[image]
+        assert row["model_sha256"] == sha and row["preprocessing_grid"] == "32x32"
+        document = json.loads((out / "markups" / f"{image}.mrk.json").read_text())
+        validate_markups(document)
+        markup = document["markups"][0]
+        assert len(markup["controlPoints"]) == 37 and document["provenance"]["model_sha256"] == sha
+        px = np.array([[float(row[f"landmark_{k:02d}_x"]), float(row[f"landmark_{k:02d}_y"])] for k in range(37)])
+        spacing = None if row["spacing_x_mm"] == "" else (float(row["spacing_x_mm"]), float(row["spacing_y_mm"]))
+        expected = points_to_lps(px, spacing, image_frame(inp / image))
+        np.testing.assert_allclose([cp["position"] for cp in markup["controlPoints"]], expected, atol=2e-3)
+        assert markup["coordinateUnits"] == ("mm" if spacing else PIXEL_UNITS)
+        sr_path = out / "sr" / f"{image}.sr.dcm"
+        assert sr_path.is_file() == (image in dicoms)
+        if image in dicoms:
+            groups = hd.sr.srread(sr_path).content.get_planar_roi_measurement_groups()
+            np.testing.assert_allclose([scoord_to_pixel(g.roi.value)[0] for g in groups], px, atol=1e-3)
+    # the MHA's header spacing puts its markups in mm
+    assert rows["volume.mha"]["spacing_source"] == "header"
