@@ -561,10 +561,10 @@ class FolderInference:
         """Process every item; returns ``{"succeeded": [...], "failed": [...], "skipped": [...]}`` (ids)."""
         network = self.load_network()
         self._check_folders()
-        if self.write_sr:
+        items = list(self.dataset.data)
+        if self.write_sr and any(is_dicom(item["image"]) for item in items):
             require_highdicom()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        items = list(self.dataset.data)
         names = self.landmark_names
         summary: dict[str, list[str]] = {"succeeded": [], "failed": [], "skipped": list(self.skipped)}
         errors = [
