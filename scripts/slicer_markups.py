@@ -15,7 +15,10 @@ original pixels (:mod:`scripts.coords`: ``x`` = column, ``y`` = row, integers at
 at ``LPS = origin + direction @ (x * sx, y * sy, 0)``, where ``(sx, sy)`` is the bundle's spacing of
 the image (the one of the JSON and CSV, mm/px). Without spacing ``(sx, sy) = (1, 1)`` and the
 positions are in pixel units: ``coordinateUnits`` is then ``["{pixel}", "UCUM", "pixel"]`` instead
-of ``"mm"``. Slicer converts LPS to its RAS display frame itself.
+of ``"mm"``. Slicer converts LPS to its RAS display frame itself. Where ITK reads another spacing
+from the header than the bundle uses (for DX images GDCM takes ``ImagerPixelSpacing``, else 1 mm,
+and ignores ``PixelSpacing``), the provenance records it as ``header_spacing_itk`` (and the log at
+INFO level), since Slicer may then display the image with that spacing.
 """
 
 from __future__ import annotations
@@ -63,11 +66,13 @@ class ImageFrame:
         origin: ``(3,)`` LPS position of the centre of pixel ``(0, 0)``, mm.
         direction: ``(3, 3)``, column ``i`` = the LPS direction of image axis ``i`` (x = column, y = row, normal).
         source: ``"header"`` (from the file) or ``"default"`` (origin 0, identity direction).
+        spacing: ``(sx, sy)`` mm/px as ITK reads the header (what Slicer displays the image with), or ``None``.
     """
 
     origin: np.ndarray
     direction: np.ndarray
     source: str
+    spacing: tuple[float, float] | None = None
 
 
 def image_frame(path: PathLike | None) -> ImageFrame:
@@ -89,13 +94,14 @@ def image_frame(path: PathLike | None) -> ImageFrame:
         origin[:dim] = np.asarray(reader.GetOrigin(), dtype=np.float64)[:3]
         direction = np.eye(3)
         direction[:dim, :dim] = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)[:3, :3]
+        spacing = tuple(float(v) for v in reader.GetSpacing()[:2])
     except Exception as err:  # no geometry in the header (or no ITK reader for it): default frame
         logger.info("%s: no ITK header geometry (%s); markups use origin 0 and identity direction", path, err)
         return default
     if not (np.isfinite(origin).all() and np.isfinite(direction).all()):
         return default
     is_default = np.allclose(origin, 0) and np.allclose(direction, np.eye(3))
-    return ImageFrame(origin, direction, "default" if is_default else "header")
+    return ImageFrame(origin, direction, "default" if is_default else "header", spacing)
 
 
 def points_to_lps(points_px: np.ndarray, spacing: Sequence[float] | None, frame: ImageFrame) -> np.ndarray:
@@ -151,6 +157,12 @@ def markups_document(
     record = dict(provenance or {})
     record["spacing_source"] = result.spacing_source
     record["frame_source"] = frame.source
+    if frame.spacing is not None and result.spacing is not None and not np.allclose(frame.spacing, result.spacing):
+        # e.g. a DX with PixelSpacing and ImagerPixelSpacing: ITK (and so Slicer) takes the latter
+        record["header_spacing_itk"] = [_round(v, 6) for v in frame.spacing]
+        logger.info(
+            "%s: markups use the spacing %s (%s); ITK reads %s from the header, with which 3D Slicer may show the image",
+            result.image, tuple(result.spacing), result.spacing_source, frame.spacing)
     units = "mm" if result.spacing is not None else PIXEL_UNITS
     markup = {
         "type": "Fiducial",

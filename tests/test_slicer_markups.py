@@ -125,6 +125,16 @@ def test_positions_in_each_frame(tmp_path):
     assert frame.source == "default"
     np.testing.assert_allclose(points_to_lps(points[:2], None, frame), [[3, 4, 0], [60.5, 39, 0]])
     assert image_frame(tmp_path / "no_such_file.png").source == "default"
+    # a DX with PixelSpacing and ImagerPixelSpacing: ITK takes the latter, the markups say so
+    both = write_dicom(tmp_path / "d.dcm", np.zeros((40, 64), np.uint16), PixelSpacing=[0.2, 0.1],
+                       ImagerPixelSpacing=[0.3, 0.3])
+    frame = image_frame(both)
+    document = markups_document(result_of(points[:2], (0.1, 0.2)), ["a", "b"], frame)
+    assert frame.spacing == (0.3, 0.3) and document["provenance"]["header_spacing_itk"] == [0.3, 0.3]
+    # ... and ITK ignores the PixelSpacing of a DX without ImagerPixelSpacing (1 mm); NIfTI agrees
+    assert image_frame(dicom).spacing == (1.0, 1.0)
+    nifti = markups_document(result_of(points[:2], (0.1, 0.2)), ["a", "b"], image_frame(tmp_path / "b.nii.gz"))
+    assert "header_spacing_itk" not in nifti["provenance"]
 
 
 def test_markups_document_fields():
