@@ -18,8 +18,10 @@ Used by ``configs/inference.json``::
   ``OUT/errors.csv`` with its reason and the others go on.
 
 Outputs below ``OUT``: ``landmarks.csv`` (one row per image), ``errors.csv``, and per input
-``a/b/img.dcm``: ``landmarks/a/b/img.dcm.json``, ``overlays/a/b/img.dcm.png`` and
-``labels/a/b/img.dcm.png`` (disc of value ``k + 1`` per landmark, the original image's size).
+``a/b/img.dcm``: ``landmarks/a/b/img.dcm.json``, ``overlays/a/b/img.dcm.png``,
+``labels/a/b/img.dcm.png`` (disc of value ``k + 1`` per landmark, the original image's size),
+``markups/a/b/img.dcm.mrk.json`` (3D Slicer) and, for DICOM inputs, ``sr/a/b/img.dcm.sr.dcm``
+(DICOM SR); every output carries the provenance and, with ``measurements``, the measurements.
 Every result carries a trust ``status`` (:mod:`scripts.trust`). A run that produced no result
 raises :class:`FolderInferenceError` (exit code 1 of ``monai.bundle run``).
 """
@@ -41,9 +43,12 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from tqdm import tqdm
 
+from scripts.dicom_sr import is_dicom, require_highdicom, write_landmark_sr
 from scripts.engines import as_bool, load_checkpoint
 from scripts.heatmap import decode_heatmaps, points_to_mm, points_to_original
 from scripts.io import ImageReadError, is_image_candidate, read_image
+from scripts.provenance import PROVENANCE_COLUMNS, provenance_cells
+from scripts.slicer_markups import image_frame, write_markups_json
 from scripts.writers import (
     LandmarkCsvWriter,
     LandmarkResult,
@@ -426,6 +431,11 @@ class FolderInference:
         label_format: ``"png"`` or ``"nii.gz"`` (or ``"nii"``).
         overlay_max_size: longest side of the overlay PNG, pixels.
         write_overlays, write_labels: switch these outputs off.
+        write_markups: write a 3D Slicer markups file per image (:mod:`scripts.slicer_markups`).
+        write_sr: write a DICOM SR per DICOM input (:mod:`scripts.dicom_sr`; needs ``highdicom``).
+        measurements: callable ``(points_px (N, 2), spacing or None) -> dict`` with ``columns()`` and
+            ``row(dict)`` (e.g. :class:`scripts.measurements.LowerLimbMeasurements`), or ``None``.
+        provenance: the run's :func:`scripts.provenance.provenance_record`, added to every output.
         memory_format: ``torch.memory_format`` of the network input (e.g. ``torch.channels_last``).
         progress: show a tqdm progress bar; ``None``: only when stderr is a terminal.
         preview_key: sample key of the shrunk image the overlay is drawn from (written by
@@ -452,6 +462,10 @@ class FolderInference:
         overlay_max_size: int = 1024,
         write_overlays: bool = True,
         write_labels: bool = True,
+        write_markups: bool = True,
+        write_sr: bool = True,
+        measurements=None,
+        provenance: Mapping | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
         progress: bool | None = None,
         preview_key: str | None = "image_preview",
@@ -475,6 +489,9 @@ class FolderInference:
         self.overlay_max_size = int(overlay_max_size)
         self.write_overlays = as_bool(write_overlays)
         self.write_labels = as_bool(write_labels)
+        self.write_markups, self.write_sr = as_bool(write_markups), as_bool(write_sr)
+        self.measurements = measurements
+        self.provenance = dict(provenance or {})
         self.memory_format = memory_format
         self.progress = progress
         self.preview_key = preview_key
@@ -529,15 +546,37 @@ class FolderInference:
         heatmaps = self.inferer(inputs, network)
         return {**sample, "pred": heatmaps[0].detach().float().cpu()}
 
-    def _outputs(self, image_id: str) -> dict[str, Path]:
+    def _outputs(self, image_id: str, source: str) -> dict[str, Path]:
         paths = {"json": output_path(self.output_dir, "landmarks", image_id, ".json")}
         if self.write_overlays:
             paths["overlay"] = output_path(self.output_dir, "overlays", image_id, ".png")
         if self.write_labels:
             paths["label"] = output_path(self.output_dir, "labels", image_id, self.label_suffix)
+        if self.write_markups:
+            paths["markups"] = output_path(self.output_dir, "markups", image_id, ".mrk.json")
+        if self.write_sr and is_dicom(source):
+            paths["sr"] = output_path(self.output_dir, "sr", image_id, ".sr.dcm")
         return paths
 
-    def _write(self, result: LandmarkResult, sample: Mapping, source: str, paths: dict[str, Path]) -> None:
+    def _extra(self, result: LandmarkResult) -> dict:
+        """Provenance (with the image's spacing source) and measurements of one image, for every output."""
+        extra = {"provenance": {**self.provenance, "spacing_source": result.spacing_source}}
+        if self.measurements is not None:
+            extra["measurements"] = self.measurements(result.points_px, result.spacing)
+        return extra
+
+    def _csv_columns(self) -> list[str]:
+        columns = list(PROVENANCE_COLUMNS)
+        return columns + (list(self.measurements.columns()) if self.measurements is not None else [])
+
+    def _csv_cells(self, extra: dict) -> dict:
+        cells = provenance_cells(extra["provenance"])
+        if "measurements" in extra:
+            cells.update(self.measurements.row(extra["measurements"]))
+        return cells
+
+    def _write(self, result: LandmarkResult, sample: Mapping, source: str, paths: dict[str, Path], extra: dict) -> None:
+        names = self.landmark_names
         if "overlay" in paths:
             preview = sample.get(self.preview_key) if self.preview_key else None
             if preview is None:  # the preprocessing kept no shrunk copy: decode the file again
@@ -556,7 +595,13 @@ class FolderInference:
                     f"{result.image_hw[::-1]} of LandmarkLabelOutputd."
                 )
             write_label_image(paths["label"], label, result.spacing)
-        write_landmarks_json(paths["json"], result, self.landmark_names)
+        write_landmarks_json(paths["json"], result, names, extra)
+        # -- 3D Slicer markups and DICOM SR (issue 14)
+        names = names or [f"landmark_{k:02d}" for k in range(result.num_landmarks)]
+        if "markups" in paths:
+            write_markups_json(paths["markups"], result, names, image_frame(source), extra["provenance"])
+        if "sr" in paths:
+            write_landmark_sr(paths["sr"], source, result, names, extra["provenance"], extra.get("measurements"))
 
     # -- the folder
 
@@ -577,9 +622,9 @@ class FolderInference:
             result = landmark_result_from_document(document)
             if csv_writer is None:
                 names = names or [str(m["name"]) for m in document["landmarks"]]
-                csv_writer = LandmarkCsvWriter(self.output_dir / "landmarks.csv", names)
-            csv_writer.write(result)
-        (csv_writer or LandmarkCsvWriter(self.output_dir / "landmarks.csv", names or [])).close()
+                csv_writer = LandmarkCsvWriter(self.output_dir / "landmarks.csv", names, self._csv_columns())
+            csv_writer.write(result, self._csv_cells(document))
+        (csv_writer or LandmarkCsvWriter(self.output_dir / "landmarks.csv", names or [], self._csv_columns())).close()
         write_error_csv(self.output_dir / "errors.csv", errors)
 
     def run(self) -> dict[str, list[str]]:
@@ -593,6 +638,8 @@ class FolderInference:
         self._check_folders()
         self._start()
         items = list(self.dataset.data)
+        if self.write_sr and any(is_dicom(item["image"]) for item in items):
+            require_highdicom()
         names = self.landmark_names
         summary: dict[str, list[str]] = {"succeeded": [], "failed": [], "skipped": list(self.skipped)}
         errors = [
@@ -607,15 +654,17 @@ class FolderInference:
                     stage = "preprocessing"
                     paths: dict[str, Path] = {}
                     try:
-                        paths = self._outputs(image_id)
+                        paths = self._outputs(image_id, item["image"])
                         sample = self.dataset[index]
                         stage = "inference"
                         sample = self._predict(sample, network)
                         stage = "postprocessing"
                         sample = self.postprocessing(sample)
                         result = landmark_result(sample, image_id)
+                        if names is None:
+                            names = [f"landmark_{k:02d}" for k in range(result.num_landmarks)]
                         stage = "writing"
-                        self._write(result, sample, item["image"], paths)
+                        self._write(result, sample, item["image"], paths, self._extra(result))
                         summary["succeeded"].append(image_id)
                     except Exception as err:  # one bad file must not stop the folder
                         if stage == "preprocessing" and _read_error(err) is not None:

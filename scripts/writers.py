@@ -331,9 +331,13 @@ def landmark_result_from_document(document: dict) -> LandmarkResult:
     )
 
 
-def write_landmarks_json(path: PathLike, result: LandmarkResult, landmark_names: Sequence[str] | None = None) -> Path:
-    """Write :func:`landmarks_document` of one image as JSON (atomically)."""
+def write_landmarks_json(
+    path: PathLike, result: LandmarkResult, landmark_names: Sequence[str] | None = None, extra: dict | None = None
+) -> Path:
+    """Write :func:`landmarks_document` of one image as JSON (atomically), with the entries of
+    ``extra`` (e.g. ``provenance``, ``measurements``) added at the top level."""
     document = landmarks_document(result, landmark_names)
+    document.update(extra or {})
     return write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
 
 
@@ -379,22 +383,31 @@ class LandmarkCsvWriter:
     Args:
         path: the CSV file, e.g. ``OUT/landmarks.csv``.
         landmark_names: the ``N`` landmark names (column prefixes).
+        extra_columns: further columns after those of :func:`landmark_csv_header` (e.g. provenance,
+            measurements), filled from the ``extra`` mapping of :meth:`write` (numbers rounded, ``None``
+            -> empty cell).
     """
 
-    def __init__(self, path: PathLike, landmark_names: Sequence[str]) -> None:
+    def __init__(self, path: PathLike, landmark_names: Sequence[str], extra_columns: Sequence[str] = ()) -> None:
         self.path = Path(path)
         self.landmark_names = _landmark_names(landmark_names, len(landmark_names))
+        self.extra_columns = [str(c) for c in extra_columns]
         self._rows: list[list[str]] | None = []
 
     @property
     def num_rows(self) -> int:
         return len(self._rows or [])
 
-    def write(self, result: LandmarkResult) -> None:
-        """Add the row of one image."""
+    def write(self, result: LandmarkResult, extra: dict | None = None) -> None:
+        """Add the row of one image (``extra``: values of the ``extra_columns``)."""
         if self._rows is None:
             raise RuntimeError(f"{self.path}: the writer is closed.")
-        self._rows.append(landmark_csv_row(result, self.landmark_names))
+        extra = extra or {}
+        cells = [
+            "" if extra.get(c) is None else _cell(extra[c]) if isinstance(extra[c], (int, float)) else str(extra[c])
+            for c in self.extra_columns
+        ]
+        self._rows.append(landmark_csv_row(result, self.landmark_names) + cells)
 
     def close(self) -> Path:
         """Write the table to :attr:`path` (once)."""
@@ -404,7 +417,7 @@ class LandmarkCsvWriter:
             def write(tmp: str) -> None:
                 with open(tmp, "w", encoding="utf-8", newline="") as f:
                     writer = csv.writer(f)
-                    writer.writerow(landmark_csv_header(self.landmark_names))
+                    writer.writerow(landmark_csv_header(self.landmark_names) + self.extra_columns)
                     writer.writerows(rows)
 
             atomic_write(self.path, write)

@@ -51,6 +51,8 @@ def write_dicom(path, array, *, preamble: bool = True, transfer_syntax=ExplicitV
     ds = FileDataset(os.fspath(path), {}, file_meta=meta, preamble=b"\0" * 128 if preamble else None)
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "DX"
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel = 1
