@@ -3,6 +3,7 @@ trust flags, named errors, one decoding per image (scripts.inference.FolderInfer
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -87,7 +88,7 @@ def test_outputs_honour_the_umask(tmp_path, checkpoint, umask, file_mode, dir_mo
     finally:
         os.umask(old)
     files = [p for p in out.rglob("*") if p.is_file()]
-    assert len(files) == 5  # landmarks.csv, errors.csv, JSON, overlay, label
+    assert len(files) == 6  # landmarks.csv, errors.csv, JSON, overlay, label, Slicer markups
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(file_mode)}
     assert {oct(p.stat().st_mode & 0o777) for p in out.rglob("*") if p.is_dir()} == {oct(dir_mode)}
 
@@ -112,6 +113,17 @@ def test_exit_code_when_no_file_succeeds_and_with_strict(tmp_path, checkpoint):
     assert [r["image"] for r in read_csv(tmp_path / "out_mixed" / "landmarks.csv")] == ["img00.png"]
 
 
+def _fresh_json(folder: Path, since_ns: int) -> list[Path]:
+    """The finished JSON files in ``folder`` written after ``since_ns`` (hidden temporary files, which
+    a running writer may rename at any moment, are not results)."""
+    fresh = []
+    for p in folder.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            if not p.name.startswith(".") and p.stat().st_mtime_ns > since_ns:
+                fresh.append(p)
+    return fresh
+
+
 def test_kill_during_a_run_then_rerun_gives_consistent_outputs(tmp_path, checkpoint):
     """A run into an OUT of an earlier run with other weights is killed (SIGKILL) half-way: no stale
     landmarks.csv is left beside the new JSON files; the rerun's outputs equal those of a clean run."""
@@ -131,7 +143,7 @@ def test_kill_during_a_run_then_rerun_gives_consistent_outputs(tmp_path, checkpo
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            fresh = [p for p in (out / "landmarks").iterdir() if p.stat().st_mtime_ns > start]
+            fresh = _fresh_json(out / "landmarks", start)
             if len(fresh) >= 3:
                 break
             time.sleep(0.005)
@@ -140,7 +152,7 @@ def test_kill_during_a_run_then_rerun_gives_consistent_outputs(tmp_path, checkpo
     finally:
         if proc.poll() is None:
             proc.kill()
-    fresh = [p for p in (out / "landmarks").iterdir() if p.stat().st_mtime_ns > start]
+    fresh = _fresh_json(out / "landmarks", start)
     assert 3 <= len(fresh) < 30, "the kill did not come half-way through the run"
     assert not (out / "landmarks.csv").exists()  # the earlier run's table is not left beside new JSON
 
