@@ -130,7 +130,9 @@ class BudgetLrSchedule:
         fractions = []
         epoch_length = engine.state.epoch_length
         if engine.state.max_epochs and epoch_length:
-            fractions.append(engine.state.iteration / (engine.state.max_epochs * epoch_length))
+            # iterations done before the current one (ignite counts it from ITERATION_STARTED on)
+            done = max(engine.state.iteration - 1, 0)
+            fractions.append(done / (engine.state.max_epochs * epoch_length))
         if self.budget_s is not None:
             fractions.append(self.elapsed_s() / max(self.budget_s - self.reserve_s, 1e-9))
         return min(max(fractions, default=0.0), 1.0)

@@ -28,6 +28,7 @@ __all__ = [
     "gaussian_heatmaps",
     "landmark_mask",
     "DECODE_METHODS",
+    "DEFAULT_DECODE_METHOD",
     "decode_heatmaps",
     "decode_heatmaps_to_original",
     "points_to_original",
@@ -163,9 +164,12 @@ def _gaussian_fit_offset(flat: torch.Tensor, row: torch.Tensor, col: torch.Tenso
 
 
 DECODE_METHODS = ("parabola", "gaussian_fit")
+#: method of :func:`decode_heatmaps` when none is given (validation, evaluation, inference). The window
+#: fit measured 3-5x lower errors than the parabola at moderate noise (``benchmarks/decoding.py``).
+DEFAULT_DECODE_METHOD = "gaussian_fit"
 
 
-def decode_heatmaps(heatmaps: torch.Tensor, method: str = "parabola", window: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_heatmaps(heatmaps: torch.Tensor, method: str | None = None, window: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-pixel maximum of every heatmap.
 
     ``"parabola"``: the integer argmax is refined along ``x`` and ``y`` separately by
@@ -178,7 +182,7 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "parabola", window: in
 
     Args:
         heatmaps: ``(B, N, H, W)`` tensor.
-        method: ``"parabola"`` or ``"gaussian_fit"``.
+        method: ``"parabola"`` or ``"gaussian_fit"``; ``None``: :data:`DEFAULT_DECODE_METHOD`.
         window: odd window size of ``"gaussian_fit"``, pixels (at least 3).
 
     Returns:
@@ -187,6 +191,7 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str = "parabola", window: in
     """
     if heatmaps.ndim != 4:
         raise ValueError(f"heatmaps must have shape (B, N, H, W), got {tuple(heatmaps.shape)}.")
+    method = DEFAULT_DECODE_METHOD if method is None else method
     if method not in DECODE_METHODS:
         raise ValueError(f"decode_heatmaps: method must be one of {DECODE_METHODS}, got {method!r}.")
     if int(window) != window or window < 3 or window % 2 == 0:
