@@ -1,19 +1,34 @@
-"""Real-data benchmark of the SCN on the hand radiographs (hand-ipilab format) under a wall-clock budget.
+"""Real-data benchmark on the hand radiographs (hand-ipilab format) under a wall-clock budget, honest protocol.
 
-Trains with ``configs/train.json`` (preset ``hand``) on split ``train``, validates on ``valid`` every
-epoch and keeps the best checkpoint, stops at the last epoch end that keeps within the budget, then evaluates the best checkpoint
-with ``configs/evaluate.json`` on every split of ``splits.csv`` other than ``train`` (a held-out split
-added there is measured too). Writes, under ``--out``:
+Protocol (issue #9): the checkpoint is selected on a *tuning subset carved from* ``train``
+(``--tune-fraction``, by a stable hash of the id: 0.11 gives 10 of the 91 images, see
+``scripts.data.split_off_tuning``), never on the split that is reported; the model trains on the
+rest of ``train``. The best checkpoint (on the tuning subset) is then evaluated with
+``configs/evaluate.json`` on ``valid`` and on every other split of ``splits.csv`` except ``train``,
+which are untouched held-out data. Every setting runs once per seed (``--seeds``); the summary gives
+the mean and spread over seeds.
 
-* ``learning_curve.csv`` / ``learning_curve.png``: validation error against training minutes
-  (network grid px, which is px@256 for the 256x256 preset, and original px);
-* ``budgets.csv``: the best validation error reached within each budget in ``--report-minutes``;
-* ``eval/<split>/``: the full evaluation report (CSVs, summary.json, cumulative-error plots);
-* ``models/``: ``model.pt`` (best on valid) and ``last.ckpt``.
+The budget is a first-class training option: ``--budget-minutes`` sets the config's ``max_minutes``
+(minus the time spent before the trainer starts, e.g. caching), and ``--lr-schedule`` (default
+``cosine``, after a linear warm-up) is driven by the elapsed fraction of it, so every run ends with
+a finished schedule (``scripts.handlers.BudgetLrSchedule``). Configs without that handler
+(``configs/train_adversarial.json``) stop at the last epoch end that fits, as before.
 
-Example (60 CPU minutes)::
+Writes, under ``--out``/``seed<k>``:
 
-    python benchmarks/real_hand.py --dataset_dir ../shared/data/hand-ipilab --budget-minutes 60 --out bench_out/hand
+* ``learning_curve.csv`` / ``learning_curve.png``: tuning-subset error against training minutes;
+* ``budgets.csv``: the best tuning-subset error reached within each budget in ``--report-minutes``;
+* ``eval/<split>/`` (decoding of the config, the window Gaussian fit) and ``eval/<split>_parabola/``
+  (the same checkpoint decoded with the parabola): the full evaluation report;
+* ``models/``: ``model.pt`` (best on the tuning subset) and ``last.ckpt``;
+
+and ``--out``/``summary.json`` with every seed and the mean / SD / min / max over seeds.
+
+Example (the lead's 60-minute run, 2 seeds, alone on the machine)::
+
+    python benchmarks/real_hand.py --dataset_dir ../shared/data/hand-ipilab --budget-minutes 60 --seeds 0,1 --out bench_out/hand60
+
+``benchmarks/ablation.py`` prints the command of every ablation row.
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,14 +52,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ignite.engine import Events  # noqa: E402
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
+import scripts.heatmap  # noqa: E402
 from scripts.data import LandmarkDataset  # noqa: E402
 from scripts.evaluation import write_csv  # noqa: E402
+
+#: per-split figures of summary.json that are aggregated over seeds
+FIGURES = ("ipe_px256", "median_px256", "outliers_px256_10", "mean_px", "mean_nmm")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", default=str(ROOT.parent / "shared" / "data" / "hand-ipilab"))
-    p.add_argument("--budget-minutes", type=float, default=60.0, help="wall-clock training budget")
+    p.add_argument("--budget-minutes", type=float, default=60.0, help="wall-clock budget per seed (training)")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds, one run each (>= 2 for a spread)")
+    p.add_argument("--tune-fraction", type=float, default=0.11,
+                   help="fraction of train held out for checkpoint selection (0.11: 10 of 91)")
     p.add_argument("--out", default=str(ROOT / "bench_out" / "hand"))
     p.add_argument("--config", default="configs/train.json",
                    help="training config, relative to the bundle root (e.g. configs/train_adversarial.json)")
@@ -52,9 +75,12 @@ def parse_args(argv=None):
     p.add_argument("--num-filters", type=int, default=64)
     p.add_argument("--sigma", type=float, default=None, help="heatmap sigma (network px); preset value if unset")
     p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "linear", "none"),
+                   help="schedule over the budget (none: constant learning rate)")
+    p.add_argument("--val-interval", type=int, default=1, help="epochs between validations on the tuning subset")
     p.add_argument("--report-minutes", default="10,20,30,45,60,90,120", help="budgets to report, minutes")
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
-                   help="extra config override, e.g. --override learnable_sigma=true")
+                   help="extra config override, e.g. --override learnable_sigma=true --override scn_variant='\"fast\"'")
     return p.parse_args(argv)
 
 
@@ -62,7 +88,40 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = Path(args.out).resolve()
+    runs = [run_seed(args, seed, out / f"seed{seed}") for seed in seeds]
+    summary = {"config": args.config, "budget_minutes": args.budget_minutes, "tune_fraction": args.tune_fraction,
+               "seeds": seeds, "runs": runs, "over_seeds": aggregate(runs)}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\n=== {len(seeds)} seed(s), checkpoint selected on {runs[0]['num_tune']} tuning images carved from train; "
+          "held-out splits never used for selection ===")
+    for split, figures in summary["over_seeds"].items():
+        for name, stats in figures.items():
+            print(f"{split:>16} {name:<18} mean {stats['mean']:.3f}  SD {stats['sd']:.3f}  "
+                  f"min {stats['min']:.3f}  max {stats['max']:.3f}  (per seed: "
+                  + ", ".join(f"{v:.3f}" for v in stats["values"]) + ")")
+    print(f"summary: {out / 'summary.json'}")
+    return summary
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean, SD (0 for one seed), min and max over seeds of :data:`FIGURES` per evaluated split."""
+    result: dict = {}
+    for split in runs[0]["splits"]:
+        for name in FIGURES:
+            values = [r["splits"][split].get(name) for r in runs]
+            if any(v is None for v in values):
+                continue
+            result.setdefault(split, {})[name] = {
+                "mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values), "max": max(values), "values": values}
+    return result
+
+
+def run_seed(args, seed: int, out: Path) -> dict:
+    script_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     overrides = {
         "preset": args.preset,
@@ -72,7 +131,11 @@ def main(argv=None) -> dict:
         "num_filters": args.num_filters,
         "learning_rate": args.learning_rate,
         "max_epochs": 100000,
-        "val_interval": 1,
+        "val_interval": args.val_interval,
+        "tune_fraction": args.tune_fraction,
+        "max_minutes": args.budget_minutes,
+        "lr_schedule": args.lr_schedule,
+        "initialize#0": f"$monai.utils.set_determinism(seed={seed})",
     }
     if args.sigma is not None:
         overrides[f"presets#{args.preset}#sigma"] = args.sigma
@@ -86,20 +149,28 @@ def main(argv=None) -> dict:
     train.initialize()
     trainer = train.parser.get_parsed_content("train#trainer")
     evaluator = train.parser.get_parsed_content("validate#evaluator")
+    optimizer = train.parser.get_parsed_content("optimizer")
+    num_tune = len(train.parser.get_parsed_content("validate#dataset#data"))
 
     budget_s = args.budget_minutes * 60.0
-    start = time.perf_counter()
+    schedule = train.parser.get_parsed_content("budget_schedule") if "budget_schedule" in train.parser else None
+    attached = schedule is not None and any(
+        getattr(h, "__self__", None) is schedule for h, *_ in trainer._event_handlers[Events.ITERATION_COMPLETED])
+    if attached:
+        # the budget covers this whole run: what was spent before the trainer starts (caching) counts too
+        schedule.budget_s = budget_s - (time.perf_counter() - script_start)
     curve: list[dict] = []
-
+    start = time.perf_counter()
     epoch_start = [start]
 
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def stop_within_budget(engine):
-        # after this epoch's validation: stop if another epoch would overrun the budget
-        now = time.perf_counter()
-        if now - start + (now - epoch_start[0]) > budget_s:
-            engine.terminate()
-        epoch_start[0] = now
+    if not attached:
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def stop_within_budget(engine):
+            # after this epoch's validation: stop if another epoch would overrun the budget
+            now = time.perf_counter()
+            if now - script_start + (now - epoch_start[0]) > budget_s:
+                engine.terminate()
+            epoch_start[0] = now
 
     @evaluator.on(Events.EPOCH_COMPLETED)
     def record(engine):
@@ -108,20 +179,22 @@ def main(argv=None) -> dict:
             "minutes": (time.perf_counter() - start) / 60.0,
             "epoch": trainer.state.epoch,
             "iteration": trainer.state.iteration,
-            "val_mean_error_net_px": m["val_mean_error_px"],
-            "val_mean_error_orig_px": m["val_mean_error_orig_px"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "tune_mean_error_net_px": m["val_mean_error_px"],
+            "tune_mean_error_orig_px": m["val_mean_error_orig_px"],
         })
         _write_curve(out, curve)
 
     train.run()
     train.finalize()
     train_minutes = (time.perf_counter() - start) / 60.0
+    wall_minutes = (time.perf_counter() - script_start) / 60.0
 
     budgets = []
     for minutes in (float(m) for m in args.report_minutes.split(",")):
         reached = [c for c in curve if c["minutes"] <= minutes]
         if reached and minutes <= train_minutes + 1e-6:
-            best = min(reached, key=lambda c: c["val_mean_error_net_px"])
+            best = min(reached, key=lambda c: c["tune_mean_error_net_px"])
             budgets.append({"budget_minutes": minutes, **best})
     write_csv(out / "budgets.csv", budgets)
 
@@ -130,23 +203,34 @@ def main(argv=None) -> dict:
     splits = [s for s in LandmarkDataset(overrides["dataset_dir"]).split_names() if s != "train"]
     summaries = {}
     for split in splits:
-        ev = ConfigWorkflow(
-            config_file=[str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "evaluate.json")],
-            workflow_type="eval", meta_file=str(ROOT / "configs" / "metadata.json"),
-            **{**eval_overrides, "split": split, "eval_dir": str(out / "eval" / split)},
-        )
-        ev.initialize()
-        ev.run()
-        ev.finalize()
-        summaries[split] = json.loads((out / "eval" / split / "summary.json").read_text())
+        for method in scripts.heatmap.DECODE_METHODS:
+            name = split if method == scripts.heatmap.DEFAULT_DECODE_METHOD else f"{split}_{method}"
+            default = scripts.heatmap.DEFAULT_DECODE_METHOD
+            scripts.heatmap.DEFAULT_DECODE_METHOD = method  # the evaluator decodes with the module default
+            try:
+                ev = ConfigWorkflow(
+                    config_file=[str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "evaluate.json")],
+                    workflow_type="eval", meta_file=str(ROOT / "configs" / "metadata.json"),
+                    **{**eval_overrides, "split": split, "eval_dir": str(out / "eval" / name)},
+                )
+                ev.initialize()
+                ev.run()
+                ev.finalize()
+            finally:
+                scripts.heatmap.DEFAULT_DECODE_METHOD = default
+            summaries[name] = json.loads((out / "eval" / name / "summary.json").read_text())
 
-    result = {"config": args.config, "threads": torch.get_num_threads(), "train_minutes": train_minutes, "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,
+    result = {"seed": seed, "config": args.config, "threads": torch.get_num_threads(), "num_tune": num_tune,
+              "train_minutes": train_minutes, "wall_minutes_to_end_of_training": wall_minutes,
+              "ended_by_budget_schedule": bool(attached and schedule.ended_by_budget),
+              "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,
               "overrides": overrides, "budgets": budgets, "splits": summaries}
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    print(f"\ntrained {train_minutes:.1f} min, {trainer.state.epoch} epochs, {trainer.state.iteration} iterations")
+    print(f"\nseed {seed}: trained {train_minutes:.1f} min ({wall_minutes:.1f} min wall clock with setup), "
+          f"{trainer.state.epoch} epochs, {trainer.state.iteration} iterations; selection on {num_tune} tuning images")
     for b in budgets:
-        print(f"budget {b['budget_minutes']:>5.0f} min: best valid error {b['val_mean_error_net_px']:.3f} net px "
-              f"({b['val_mean_error_orig_px']:.2f} orig px) at {b['minutes']:.1f} min, epoch {b['epoch']}")
+        print(f"budget {b['budget_minutes']:>5.0f} min: best tuning error {b['tune_mean_error_net_px']:.3f} net px "
+              f"({b['tune_mean_error_orig_px']:.2f} orig px) at {b['minutes']:.1f} min, epoch {b['epoch']}")
     for split, s in summaries.items():
         line = (f"{split}: IPE {s['ipe_px256']:.3f} px@256, outliers(>10 px@256) {s['outliers_px256_10']:.2f}/image "
                 f"({s['outlier_percent_px256_10']:.2f} %), PE {s['mean_px']:.2f} ± {s['std_px']:.2f} px "
@@ -161,9 +245,9 @@ def main(argv=None) -> dict:
 def _write_curve(out: Path, curve: list[dict]) -> None:
     write_csv(out / "learning_curve.csv", curve)
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([c["minutes"] for c in curve], [c["val_mean_error_net_px"] for c in curve], marker="o")
+    ax.plot([c["minutes"] for c in curve], [c["tune_mean_error_net_px"] for c in curve], marker="o")
     ax.set_xlabel("training wall-clock (minutes)")
-    ax.set_ylabel("valid mean point error (network px)")
+    ax.set_ylabel("tuning-subset mean point error (network px)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

@@ -3,7 +3,12 @@
 Compares, side by side in one process on the same machine:
 
 * ``baseline``: a plain fp32 eager SpatialConfigurationNet + HeatmapLoss + Adam (batch 1,
-  contiguous memory format, default torch settings), stepped in a bare Python loop;
+  contiguous memory format, default torch settings), stepped in a bare Python loop; the
+  paper-faithful SCN (``SCN_VARIANTS["paper"]``);
+* ``fast_scn``: the same loop with the fast SCN (``SCN_VARIANTS["fast"]``: local appearance at 1/2
+  resolution, 3x3 convolutions, lighter SC), and ``hourglass``: the same loop with the stacked
+  hourglass of ``configs/train_adversarial.json`` (its ``network_def``, heatmaps up-sampled to the
+  input, no discriminators); leave both out with ``--skip-networks``;
 * ``project``: what ``configs/train.json`` resolves to on this machine (network, loss, optimizer,
   inferer and the MONAI ``SupervisedTrainer`` built through ``monai.bundle.ConfigParser``, with
   ``amp``/``channels_last`` left on ``"auto"``);
@@ -47,7 +52,7 @@ from monai.bundle import ConfigParser  # noqa: E402
 from scripts.engines import bf16_is_fast, decode_batch_points, resolve_flag  # noqa: E402
 from scripts.heatmap import decode_heatmaps  # noqa: E402
 from scripts.losses import HeatmapLoss  # noqa: E402
-from scripts.networks.scn import SpatialConfigurationNet  # noqa: E402
+from scripts.networks.scn import SCN_VARIANTS, SpatialConfigurationNet  # noqa: E402
 
 __all__ = ["PeakRss", "TrainVariant", "main"]
 
@@ -411,6 +416,10 @@ def print_report(data: dict | None, variants: list[TrainVariant], shape: str) ->
     for v in variants:
         print(f"  {v.name:<10} {v.description}")
         summary[v.name] = v.results
+    if "fast_scn" in summary:
+        ratio = summary["fast_scn"]["train_speedup_vs_baseline"]
+        print(f"fast SCN / paper-faithful SCN, training steps/s, side by side: {ratio:.2f}x "
+              f"(issue #9 asks >= 3x); hourglass / paper SCN: {summary['hourglass']['train_speedup_vs_baseline']:.2f}x")
     print("'+RSS': peak RSS above the RSS at the start of the warm-up steps (model and optimizer already built).")
     if "compiled" in summary and "compile_s" in summary["compiled"]:
         compiled = summary["compiled"]
@@ -448,6 +457,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--infer-reps", type=int, default=5, help="inferences per timed round (fp32 variants)")
     parser.add_argument("--num-filters", type=int, default=64, help="num_filters of the network")
     parser.add_argument("--skip-bf16", action="store_true", help="leave out the forced bf16 + channels_last variant")
+    parser.add_argument("--skip-networks", action="store_true",
+                        help="leave out the fast SCN and the hourglass (plain loops beside the paper SCN baseline)")
     parser.add_argument("--bf16-rounds", type=int, default=2,
                         help="rounds (one step / one inference each) of the forced bf16 variant")
     parser.add_argument("--compile", action="store_true",
@@ -520,16 +531,29 @@ def main(argv=None) -> dict:
             "device": device}
     slow = {"steps": 1, "rounds": min(args.rounds, args.bf16_rounds), "warmup": 1, "infer_reps": 1, "device": device}
 
-    def plain_parts():
-        net = SpatialConfigurationNet(in_channels=1, num_landmarks=num_landmarks, num_filters=args.num_filters)
+    def plain_parts(variant="paper"):
+        net = SpatialConfigurationNet(in_channels=1, num_landmarks=num_landmarks, num_filters=args.num_filters,
+                                      **SCN_VARIANTS[variant])
         return net.to(device), HeatmapLoss(num_landmarks, sigma=sigma).to(device)
 
     variants = [
-        baseline_variant("baseline", "plain fp32 eager loop: SpatialConfigurationNet + HeatmapLoss + Adam, "
+        baseline_variant("baseline", "plain fp32 eager loop: paper-faithful SpatialConfigurationNet + HeatmapLoss + Adam, "
                          "contiguous", *plain_parts(), batch, compile_net=False, **fast),
         config_variant("project", "configs/train.json through ConfigParser + SupervisedTrainer "
                        f"(amp -> {use_amp}, channels_last -> {use_cl})", project_cfg, batch, **fast),
     ]
+    if not args.skip_networks:
+        variants.append(baseline_variant("fast_scn", f"plain fp32 eager loop, fast SCN {SCN_VARIANTS['fast']}",
+                                         *plain_parts("fast"), batch, **fast))
+        hourglass_cfg = ConfigParser()
+        hourglass_cfg.read_config(str(REPO_ROOT / "configs" / "train_adversarial.json"))
+        hourglass_def = {k: v for k, v in hourglass_cfg.get("network_def").items()}
+        hourglass_def.update(num_landmarks=num_landmarks, upsample_output=True)
+        hourglass = ConfigParser({"net": hourglass_def}).get_parsed_content("net")
+        variants.append(baseline_variant("hourglass", "plain fp32 eager loop, stacked hourglass of "
+                                         "configs/train_adversarial.json (up-sampled output, no discriminators)",
+                                         hourglass.to(device), HeatmapLoss(num_landmarks, sigma=sigma).to(device),
+                                         batch, **fast))
     if not args.skip_bf16:
         forced_cfg = load_config(args.config, args.preset, args.num_filters, amp=True, channels_last=True,
                                  **trainer_overrides)

@@ -35,7 +35,7 @@ import numpy as np
 from scripts.coords import inside_image
 from scripts.io import ImageReadError, image_suffix, is_image_candidate, read_image_size
 
-__all__ = ["DatasetError", "LandmarkDataset", "load_datalist", "default_split", "keep_reference_image"]
+__all__ = ["DatasetError", "LandmarkDataset", "load_datalist", "default_split", "split_off_tuning", "keep_reference_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +243,34 @@ def default_split(image_id: str) -> str:
     ids (by a SHA-1 hash of the id, stable across runs and machines), else ``"train"``."""
     digest = hashlib.sha1(image_id.encode("utf-8")).digest()
     return "valid" if int.from_bytes(digest[:4], "big") % 100 < VALID_FRACTION_PERCENT else "train"
+
+
+def split_off_tuning(datalist: list[dict], fraction: float) -> tuple[list[dict], list[dict]]:
+    """Carve a deterministic tuning subset out of a (training) datalist.
+
+    Model selection (the best checkpoint, early stopping, hyper-parameters) must not look at the split
+    that is reported; this takes ``round(fraction * len(datalist))`` items (at least 1 when
+    ``fraction > 0``) out of ``datalist`` to select on instead. Which items is decided by a SHA-1
+    hash of ``"tune:" + id`` (stable across runs, machines and list order, unrelated to
+    :func:`default_split`): the items with the smallest hashes. E.g. 0.11 of the 91 hand training
+    images gives 10.
+
+    Args:
+        datalist: items with an ``"id"`` (see :meth:`LandmarkDataset.datalist`).
+        fraction: in ``[0, 1)``; 0 returns ``(datalist, [])``.
+
+    Returns:
+        ``(rest, tuning)``, both in the order of ``datalist``.
+    """
+    fraction = float(fraction)
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"tune_fraction must be in [0, 1), got {fraction!r}.")
+    if fraction == 0.0 or not datalist:
+        return list(datalist), []
+    count = min(max(1, round(fraction * len(datalist))), len(datalist) - 1)
+    ranked = sorted(datalist, key=lambda d: hashlib.sha1(f"tune:{d['id']}".encode("utf-8")).digest())
+    tuning_ids = {d["id"] for d in ranked[:count]}
+    return [d for d in datalist if d["id"] not in tuning_ids], [d for d in datalist if d["id"] in tuning_ids]
 
 
 def _scan_images(images_dir: Path) -> dict[str, Path]:

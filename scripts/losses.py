@@ -6,6 +6,13 @@ with ``g_i`` a Gaussian of peak ``gamma`` and width ``sigma_i`` at the sub-pixel
 contribute nothing, neither value nor NaN. The sum runs over the landmarks and pixels of one image;
 the batch is averaged. The weight decay term ``lambda ||w||^2`` is *not* part of this module: set it
 as the optimiser's ``weight_decay``.
+
+Learnable sigma needs Payer's *normalised* targets, ``gamma' / (2 pi sigma^2) * exp(-d^2 / 2 sigma^2)``
+(``normalize_target=True``): with a fixed peak the target's energy grows with sigma, so the squared
+error alone pushes sigma towards 0 (it collapsed from 3 to 0.2 px in simulation); with the
+normalised form the energy falls with sigma and the ``alpha * sum sigma^2`` term holds it. Here
+``gamma' = 2 pi sigma_0^2 gamma`` (``sigma_0`` the initial sigma), so that the targets start with the
+same peak ``gamma`` as the fixed form.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ class HeatmapLoss(nn.Module):
             points (precomputed heatmaps cannot depend on sigma).
         sigma_regularization: ``alpha`` of the term ``alpha * sum_i sigma_i^2`` added to the loss
             (Payer's Eq. 2; keeps learnable sigmas from growing). Added once per batch.
+        normalize_target: scale each target by ``(sigma_0 / sigma)^2`` (Payer's normalised Gaussian,
+            equal to the fixed form at the initial sigma); ``None``: True exactly when
+            ``learnable_sigma``.
         reduction: ``"sum_per_image"`` (Payer: sum over landmarks and pixels, mean over the batch),
             ``"sum"`` (sum over the batch as well) or ``"mean"`` (mean squared error per pixel of
             the kept landmark maps).
@@ -92,6 +102,7 @@ class HeatmapLoss(nn.Module):
         learnable_sigma: bool = False,
         sigma_regularization: float = 0.0,
         reduction: str = "sum_per_image",
+        normalize_target: bool | None = None,
     ) -> None:
         super().__init__()
         if reduction not in ("sum_per_image", "sum", "mean"):
@@ -108,6 +119,8 @@ class HeatmapLoss(nn.Module):
         self.learnable_sigma = bool(learnable_sigma)
         self.sigma_regularization = float(sigma_regularization)
         self.reduction = reduction
+        self.normalize_target = self.learnable_sigma if normalize_target is None else bool(normalize_target)
+        self.register_buffer("initial_sigma", init.clone(), persistent=False)
         if self.learnable_sigma:
             self.log_sigma = nn.Parameter(init.log())
         else:
@@ -119,8 +132,13 @@ class HeatmapLoss(nn.Module):
         return self.log_sigma.exp() if self.learnable_sigma else self.fixed_sigma
 
     def targets(self, points: torch.Tensor, spatial_hw: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-        """Gaussian target heatmaps ``(B, N, H, W)`` for points ``(B, N, 2)`` with the current sigma."""
-        return gaussian_heatmaps(points.to(dtype), spatial_hw, sigma=self.sigma.to(dtype), gamma=self.gamma)
+        """Gaussian target heatmaps ``(B, N, H, W)`` for points ``(B, N, 2)`` with the current sigma
+        (peak ``gamma``, or ``gamma (sigma_0 / sigma)^2`` with ``normalize_target``)."""
+        sigma = self.sigma.to(dtype)
+        maps = gaussian_heatmaps(points.to(dtype), spatial_hw, sigma=sigma, gamma=self.gamma)
+        if self.normalize_target:
+            maps = maps * ((self.initial_sigma.to(dtype) / sigma) ** 2)[:, None, None]
+        return maps
 
     def forward(self, pred: torch.Tensor, target: Mapping | torch.Tensor) -> torch.Tensor:
         if pred.ndim != 4 or pred.shape[1] != self.num_landmarks:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -28,8 +30,9 @@ def test_values_at_float_centre_not_rounded():
     assert hm[0, 6, 10] > hm[0, 5, 10] and hm[0, 6, 10] > hm[0, 6, 11]
 
 
+@pytest.mark.parametrize("method", ["parabola", "gaussian_fit"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 0.01), (torch.float64, 1e-9)])
-def test_decode_random_subpixel_gaussians(dtype, tol):
+def test_decode_random_subpixel_gaussians(dtype, tol, method):
     gen = torch.Generator().manual_seed(3)
     batch, num, hw = 3, 40, (48, 72)
     sigma = (1.5 + 2.5 * torch.rand(num, generator=gen)).to(dtype)
@@ -37,7 +40,7 @@ def test_decode_random_subpixel_gaussians(dtype, tol):
     points = (torch.rand(batch, num, 2, generator=gen) * torch.tensor([hw[1] - 3.0, hw[0] - 3.0]) + 1.0).to(dtype)
     heatmaps = gaussian_heatmaps(points, hw, sigma, gamma=100.0)
     assert heatmaps.shape == (batch, num, *hw)
-    decoded, peak = decode_heatmaps(heatmaps)
+    decoded, peak = decode_heatmaps(heatmaps, method=method)
     assert decoded.shape == (batch, num, 2) and peak.shape == (batch, num)
     assert (decoded - points).abs().max() < tol
     integer_error = (decoded.round() - points).abs().max()
@@ -51,7 +54,7 @@ def test_decode_border_and_non_positive_values():
     hm[0, 0, 1, 0], hm[0, 0, 3, 0] = 4.0, 2.0  # along y it is refined towards row 1
     hm[0, 1, 2, 3], hm[0, 1, 2, 4], hm[0, 1, 2, 2] = 5.0, 5.0, -1.0  # a zero/negative neighbour: raw parabola
     hm[0, 2] = 1.0  # flat map: the first maximum, no offset
-    points, _ = decode_heatmaps(hm)
+    points, _ = decode_heatmaps(hm, method="parabola")
     assert points[0, 0, 0] == 0.0
     expected_dy = 0.5 * (np.log(4.0) - np.log(2.0)) / (np.log(4.0) - 2 * np.log(10.0) + np.log(2.0))
     assert points[0, 0, 1] == pytest.approx(2.0 + expected_dy, abs=1e-5)
@@ -123,3 +126,53 @@ def test_points_back_to_original_and_mm():
     assert np.isnan(mm[1]).all()
     mm_t = points_to_mm(torch.from_numpy(orig[0]), (0.5, 0.25))
     np.testing.assert_allclose(mm_t.numpy(), orig[0] * [0.5, 0.25])
+
+
+def _rotated_gaussian(point, hw, sigmas, angle):
+    """An anisotropic Gaussian (peak 100) with axes of std ``sigmas`` rotated by ``angle`` (radians)."""
+    rows, cols = torch.meshgrid(torch.arange(hw[0], dtype=torch.float64), torch.arange(hw[1], dtype=torch.float64),
+                                indexing="ij")
+    dx, dy = cols - point[0], rows - point[1]
+    c, s = math.cos(angle), math.sin(angle)
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    return 100.0 * torch.exp(-0.5 * ((u / sigmas[0]) ** 2 + (v / sigmas[1]) ** 2))
+
+
+def test_gaussian_fit_exact_for_rotated_anisotropic_gaussian_where_parabola_is_not():
+    point = (10.37, 8.71)
+    hm = _rotated_gaussian(point, (20, 24), (3.0, 1.5), 0.6)[None, None]
+    fitted, _ = decode_heatmaps(hm, method="gaussian_fit")
+    parabola, _ = decode_heatmaps(hm, method="parabola")
+    truth = torch.tensor(point, dtype=torch.float64)
+    assert (fitted[0, 0] - truth).abs().max() < 1e-9
+    assert (parabola[0, 0] - truth).abs().max() > 0.05  # per-axis parabolas miss a tilted peak
+
+
+def test_gaussian_fit_near_border_and_without_enough_positive_pixels():
+    # a peak half a pixel from the border: the window is cut by the grid and still exact
+    hm = gaussian_heatmaps(torch.tensor([[0.3, 5.6]], dtype=torch.float64), (12, 12), sigma=2.0)[None]
+    points, _ = decode_heatmaps(hm, method="gaussian_fit")
+    assert (points[0, 0] - torch.tensor([0.3, 5.6], dtype=torch.float64)).abs().max() < 1e-9
+    # a lone positive pixel next to a weaker one (fewer than 6 positive pixels): the parabola's answer
+    lone = torch.zeros(1, 1, 7, 7)
+    lone[0, 0, 3, 3], lone[0, 0, 3, 4] = 10.0, 5.0
+    fit, _ = decode_heatmaps(lone, method="gaussian_fit")
+    par, _ = decode_heatmaps(lone, method="parabola")
+    torch.testing.assert_close(fit, par)
+
+
+def test_gaussian_fit_less_noise_sensitive_than_parabola():
+    gen = torch.Generator().manual_seed(0)
+    points = 8.0 + 48.0 * torch.rand(1, 300, 2, generator=gen, dtype=torch.float64)
+    maps = gaussian_heatmaps(points, (64, 64), sigma=3.0) + 5.0 * torch.randn(1, 300, 64, 64, generator=gen,
+                                                                             dtype=torch.float64)
+    errors = {m: (decode_heatmaps(maps, method=m)[0] - points).norm(dim=-1).mean() for m in ("parabola", "gaussian_fit")}
+    assert errors["gaussian_fit"] < 0.5 * errors["parabola"]
+
+
+def test_decode_rejects_bad_method_and_window():
+    hm = torch.zeros(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="method must be one of"):
+        decode_heatmaps(hm, method="centroid")
+    with pytest.raises(ValueError, match="window must be an odd integer"):
+        decode_heatmaps(hm, window=4)

@@ -137,7 +137,8 @@ def test_precomputed_heatmaps_as_tensor_or_dict():
 def test_learnable_sigma_gets_gradient_and_regularisation():
     points = points_batch()
     sigma0 = [1.5, 2.0, 3.0]
-    loss = HeatmapLoss(3, sigma=sigma0, learnable_sigma=True, sigma_regularization=0.5)
+    # fixed-peak targets (the normalised ones are tested below)
+    loss = HeatmapLoss(3, sigma=sigma0, learnable_sigma=True, sigma_regularization=0.5, normalize_target=False)
     assert [n for n, _ in loss.named_parameters()] == ["log_sigma"]
     torch.testing.assert_close(loss.sigma, torch.tensor(sigma0))
     pred = torch.zeros(2, 3, H, W)
@@ -149,7 +150,7 @@ def test_learnable_sigma_gets_gradient_and_regularisation():
     assert grad[0] > 0 and grad[1] > 0
     # landmark 2 is masked everywhere: only the regulariser d(0.5 s^2)/d(log s) = s^2 = 9
     assert grad[2].item() == pytest.approx(9.0, rel=1e-5)
-    no_reg = HeatmapLoss(3, sigma=sigma0, learnable_sigma=True)(pred, {"landmarks": points, "landmarks_mask": mask})
+    no_reg = HeatmapLoss(3, sigma=sigma0, learnable_sigma=True, normalize_target=False)(pred, {"landmarks": points, "landmarks_mask": mask})
     assert (value - no_reg).item() == pytest.approx(0.5 * sum(s * s for s in sigma0), rel=1e-5)
 
 
@@ -157,7 +158,7 @@ def test_learnable_sigma_moves_towards_target_width():
     """A few Adam steps on a prediction drawn with sigma 3 pull a sigma started at 1.5 up."""
     points = points_batch()[:1, :2]
     pred = gaussian_heatmaps(points, (H, W), sigma=3.0, gamma=100.0)
-    loss = HeatmapLoss(2, sigma=1.5, learnable_sigma=True)
+    loss = HeatmapLoss(2, sigma=1.5, learnable_sigma=True, normalize_target=False)
     optimiser = torch.optim.Adam(loss.parameters(), lr=0.05)
     for _ in range(20):
         optimiser.zero_grad()
@@ -171,3 +172,53 @@ def test_invalid_sigma():
         HeatmapLoss(3, sigma=[1.0, 2.0])
     with pytest.raises(ValueError, match="positive"):
         HeatmapLoss(2, sigma=[1.0, 0.0])
+
+
+def test_normalised_target_peak_scales_with_sigma():
+    points = points_batch()[:1, :1]
+    loss = HeatmapLoss(1, sigma=2.0, gamma=100.0, learnable_sigma=True)
+    assert loss.normalize_target
+    assert loss.targets(points, (H, W), torch.float32).max().item() == pytest.approx(100.0, rel=0.05)
+    with torch.no_grad():
+        loss.log_sigma.fill_(math.log(4.0))
+    # gamma' / (2 pi sigma^2) with gamma' = 2 pi 2^2 100: a quarter of the peak at twice the sigma
+    assert loss.targets(points, (H, W), torch.float32).max().item() == pytest.approx(25.0, rel=0.05)
+    assert not HeatmapLoss(1, sigma=2.0).normalize_target
+
+
+@pytest.fixture(scope="module")
+def tiny_hand(tmp_path_factory):
+    from scripts.demo_data import generate_demo_dataset
+
+    out = tmp_path_factory.mktemp("data") / "demo_hand"
+    generate_demo_dataset(out, kind="hand", num_train=6, num_valid=2, seed=3)
+    return out
+
+
+def _sigma_after_short_run(dataset, work, normalize: bool) -> torch.Tensor:
+    from tests.helpers import run_bundle
+
+    values = {
+        "num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 2.0,
+        "dataset_dir": str(dataset), "ckpt_dir": str(work / "models"), "output_dir": str(work / "runs"),
+        "max_epochs": 10, "val_interval": 10, "learnable_sigma": True,
+        # a high learning rate, so that 60 iterations move sigma as far as a long run at 1e-4 would
+        "learning_rate": 0.01,
+        "loss": "$scripts.losses.HeatmapLoss(num_landmarks=@num_landmarks, sigma=@sigma, gamma=@gamma, "
+                "learnable_sigma=True, sigma_regularization=@sigma_regularization, "
+                f"normalize_target={normalize}).to(@device)",
+    }
+    run_bundle("training", ["configs/train.json"], values)
+    state = torch.load(work / "models" / "last.ckpt", map_location="cpu", weights_only=False)
+    return state["loss"]["log_sigma"].exp()
+
+
+def test_learnable_sigma_stays_sane_in_a_real_run_and_collapses_without_normalisation(tiny_hand, tmp_path):
+    """Real bundle training (60 iterations on demo radiographs): with the config's normalised targets and
+    sigma penalty every sigma stays within [0.75, 2] x its start (2 px); the fixed-peak targets of the
+    same run shrink sigma below that range, which is the collapse the normalisation prevents."""
+    sigma = _sigma_after_short_run(tiny_hand, tmp_path / "normalised", normalize=True)
+    assert sigma.shape == (37,) and torch.isfinite(sigma).all()
+    assert sigma.min() >= 1.5 and sigma.max() <= 4.0, sigma
+    fixed_peak = _sigma_after_short_run(tiny_hand, tmp_path / "fixed", normalize=False)
+    assert fixed_peak.median() < 1.5, fixed_peak

@@ -93,3 +93,24 @@ def test_real_images_augment_and_make_heatmaps(parser, samples):
             # on the border pixel the decoder cannot refine outwards: still within half a pixel
             np.testing.assert_allclose(decoded[inside], points[inside], atol=0.5)
             assert not np.asarray(d["heatmaps"])[~inside].any()
+
+
+def test_real_images_letterboxed_keep_aspect_and_landmarks(parser, samples):
+    """``--keep_aspect true`` on the hand preset: one scale for both axes, the landmarks on bone, and
+    the map back to original pixels exact."""
+    letterbox = ConfigParser()
+    letterbox.read_config(str(ROOT / "configs" / "train.json"))
+    letterbox.update({"bundle_root": str(ROOT), "preset": "hand", "dataset_dir": str(HAND), "keep_aspect": True})
+    transforms = letterbox.get_parsed_content("validate#preprocessing")
+    for item in samples:
+        d = transforms(dict(item))
+        matrix = np.asarray(d["net_from_orig"])
+        orig_h, orig_w = (int(v) for v in d["orig_hw"])
+        # isotropic up to the integer content size (less than one pixel over the image)
+        assert abs(matrix[0, 0] * orig_w - matrix[1, 1] * orig_w) < 1.0, (item["id"], matrix)
+        assert min(matrix[0, 2], matrix[1, 2]) > -1.0 and max(matrix[0, 2], matrix[1, 2]) > 1.0  # padded on one axis
+        image = np.asarray(d["image"])[0]
+        points = np.asarray(d["landmarks"], dtype=np.float64)
+        fraction, excess = on_bone(image, points)
+        assert fraction >= 0.9 and excess >= 0.45, (item["id"], fraction, excess)
+        np.testing.assert_allclose(points_to_original(points, matrix), item["landmarks"], atol=1e-3)

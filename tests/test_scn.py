@@ -160,7 +160,7 @@ def test_torchscript_matches_eager():
     x = torch.randn(2, 1, 32, 48)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x))
-    with pytest.raises(torch.jit.Error, match=r"ValueError: .*divisible by 4 \(2\*\*\(num_levels - 1\) = 4 and"):
+    with pytest.raises(torch.jit.Error, match=r"ValueError: .*divisible by 4 \(stem_stride \* 2\*\*\(num_levels - 1\) = 4 and"):
         scripted(torch.zeros(1, 1, 30, 48))
 
 
@@ -201,3 +201,52 @@ def test_gradients_reach_every_parameter():
     net(torch.randn(2, 1, 32, 48)).square().sum().backward()
     for name, p in net.named_parameters():
         assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
+
+
+@pytest.mark.parametrize("stem_stride", [2, 4])
+def test_stem_stride_runs_on_a_coarser_grid_and_returns_input_size(stem_stride):
+    net = small_net(num_landmarks=5, stem_stride=stem_stride, sc_downsample=8, **{
+        k: v for k, v in VISIBLE.items() if k not in ("sc_downsample",)}).eval()
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        heatmaps, la, sc = net.forward_components(x)
+    low = (2, 5, 64 // stem_stride, 96 // stem_stride)
+    assert tuple(la.shape) == tuple(sc.shape) == low and tuple(heatmaps.shape) == (2, 5, 64, 96)
+    # the heatmaps are the product on the coarse grid, up-sampled with the pixel-centre convention
+    expected = F.interpolate(la * sc, size=[64, 96], mode="bicubic", align_corners=False)
+    torch.testing.assert_close(heatmaps, expected)
+    assert len([m for m in net.stem if isinstance(m, nn.Conv2d)]) == int(math.log2(stem_stride))
+    # SC still at 1/8 of the input: pooled by 8 / stem_stride on the LA grid
+    assert net.sc_pool.kernel_size == 8 // stem_stride
+
+
+def test_variants_paper_state_dict_unchanged_and_fast_needs_fewer_operations():
+    from scripts.networks.scn import SCN_VARIANTS
+
+    paper = SpatialConfigurationNet(num_landmarks=37, **SCN_VARIANTS["paper"])
+    default = SpatialConfigurationNet(num_landmarks=37)
+    assert paper.state_dict().keys() == default.state_dict().keys()  # old checkpoints still load
+    assert not any(k.startswith("stem") for k in default.state_dict())
+    fast = SpatialConfigurationNet(num_landmarks=37, **SCN_VARIANTS["fast"])
+
+    def conv_macs(net, hw):
+        total = []
+        hooks = [m.register_forward_hook(lambda m, i, o: total.append(o.numel() * m.weight[0].numel()))
+                 for m in net.modules() if isinstance(m, nn.Conv2d)]
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, 1, *hw))
+        for h in hooks:
+            h.remove()
+        return sum(total)
+
+    assert conv_macs(fast, (128, 128)) < conv_macs(paper, (128, 128)) / 5
+
+
+def test_stem_stride_arguments_checked():
+    with pytest.raises(ValueError, match="stem_stride must be 1, 2 or 4"):
+        SpatialConfigurationNet(stem_stride=3)
+    with pytest.raises(ValueError, match="multiple of stem_stride"):
+        SpatialConfigurationNet(stem_stride=4, sc_downsample=2)
+    net = SpatialConfigurationNet(num_landmarks=2, stem_stride=2, num_filters=4, sc_num_filters=4)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        net(torch.zeros(1, 1, 40, 40))

@@ -19,6 +19,14 @@ components element-wise::
 LeakyReLU follows every intermediate convolution; all convolutions use 'same' padding, so the
 output has the input's spatial size. Shapes: input ``(B, in_channels, H, W)``, output
 ``(B, num_landmarks, H, W)``, one channel per landmark in landmark order.
+
+The defaults are the paper's network (5x5 convolutions, 64 filters, LA at full resolution, SC at
+1/8). ``stem_stride`` 2 or 4 puts the whole network on a coarser grid: a stem of strided 3x3
+convolutions (one per factor 2) feeds the LA pyramid at ``input / stem_stride``, the SC still works
+at ``input / sc_downsample``, and the product is up-sampled to the input size with bicubic
+interpolation (``align_corners=False``, the pixel-centre convention of :mod:`scripts.coords`), so
+the heatmaps keep a smooth sub-pixel peak for the decoder. :data:`SCN_VARIANTS` names the settings
+used by the configs (``"paper"`` and ``"fast"``).
 """
 
 from __future__ import annotations
@@ -30,7 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SpatialConfigurationNet"]
+__all__ = ["SpatialConfigurationNet", "SCN_VARIANTS"]
+
+#: Constructor arguments of the named SCN variants (the configs' ``scn_variant``). ``"paper"`` is
+#: Payer et al.'s network; ``"fast"`` runs the local appearance at 1/2 resolution with 3x3
+#: convolutions and a lighter SC (11x11, 32 filters, still at 1/8): about 4-6x the training steps/s
+#: on a CPU at 128-256 px (``benchmarks/speed.py`` prints the ratio side by side).
+SCN_VARIANTS = {
+    "paper": {"stem_stride": 1, "la_kernel_size": 5, "sc_kernel_size": 15, "sc_num_filters": 64},
+    "fast": {"stem_stride": 2, "la_kernel_size": 3, "sc_kernel_size": 11, "sc_num_filters": 32},
+}
 
 
 class SpatialConfigurationNet(nn.Module):
@@ -54,6 +71,9 @@ class SpatialConfigurationNet(nn.Module):
         sc_kernel_size: kernel size of the spatial-configuration convolutions (odd).
         sc_num_filters: channels of the intermediate spatial-configuration convolutions.
         negative_slope: slope of the LeakyReLU after every intermediate convolution.
+        stem_stride: 1 (paper), 2 or 4: input pixels per pixel of the local-appearance grid; a stem
+            of ``log2(stem_stride)`` strided 3x3 convolutions with ``num_filters`` outputs feeds the
+            pyramid, and the heatmaps are up-sampled (bicubic) back to the input size.
         la_output_init_std: std of the normal initialisation of the final local-appearance
             convolution, or ``None`` for Kaiming (linear gain).
         sc_output_init_std: same for the final spatial-configuration convolution.
@@ -64,7 +84,8 @@ class SpatialConfigurationNet(nn.Module):
     All other convolution weights use Kaiming normal initialisation for LeakyReLU
     (``std = sqrt(2 / (1 + negative_slope**2) / fan_in)``); all biases start at 0.
 
-    Input height and width must be divisible by ``2**(num_levels - 1)`` and by ``sc_downsample``.
+    ``sc_downsample`` is counted in input pixels and must be a multiple of ``stem_stride``. Input
+    height and width must be divisible by ``stem_stride * 2**(num_levels - 1)`` and by ``sc_downsample``.
 
     Examples::
 
@@ -90,6 +111,7 @@ class SpatialConfigurationNet(nn.Module):
         negative_slope: float = 0.1,
         la_output_init_std: Optional[float] = 1e-4,
         sc_output_init_std: Optional[float] = 1e-4,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         for name, value, minimum in (
@@ -114,23 +136,36 @@ class SpatialConfigurationNet(nn.Module):
                 "SpatialConfigurationNet: upsample_mode must be 'bilinear', 'bicubic' or 'nearest', "
                 f"got {upsample_mode!r}."
             )
+        if stem_stride not in (1, 2, 4):
+            raise ValueError(f"SpatialConfigurationNet: stem_stride must be 1, 2 or 4, got {stem_stride!r}.")
+        if sc_downsample % stem_stride != 0:
+            raise ValueError(
+                f"SpatialConfigurationNet: sc_downsample ({sc_downsample}) must be a multiple of stem_stride ({stem_stride})."
+            )
 
         self.num_levels = int(num_levels)
         self.num_landmarks = int(num_landmarks)
         self.sc_downsample = int(sc_downsample)
         self.upsample_mode = upsample_mode
-        self.pyramid_divisor = 2 ** (self.num_levels - 1)
+        self.stem_stride = int(stem_stride)
+        self.pyramid_divisor = self.stem_stride * 2 ** (self.num_levels - 1)
         self.size_divisor = math.lcm(self.pyramid_divisor, self.sc_downsample)
         self.negative_slope = float(negative_slope)
 
         def conv_act(cin: int, cout: int, kernel: int) -> List[nn.Module]:
             return [nn.Conv2d(cin, cout, kernel, padding=kernel // 2), nn.LeakyReLU(negative_slope)]
 
+        # stem: one strided 3x3 convolution per factor 2 of stem_stride (empty for the paper's SCN)
+        stem: List[nn.Module] = []
+        for i in range(int(math.log2(self.stem_stride))):
+            stem += [nn.Conv2d(in_channels if i == 0 else num_filters, num_filters, 3, stride=2, padding=1),
+                     nn.LeakyReLU(negative_slope)]
+        self.stem = nn.Sequential(*stem)
         # Level l, on the way down: conv, dropout, conv (all convs at the lowest level).
         # Stored finest first.
         down: List[nn.Module] = []
         for level in range(self.num_levels):
-            cin = in_channels if level == 0 else num_filters
+            cin = in_channels if level == 0 and self.stem_stride == 1 else num_filters
             n_convs = convs_per_level if level == self.num_levels - 1 else 2
             layers = conv_act(cin, num_filters, la_kernel_size) + [nn.Dropout(dropout)]
             for _ in range(n_convs - 1):
@@ -155,7 +190,8 @@ class SpatialConfigurationNet(nn.Module):
         for _ in range(sc_num_convs):
             sc_layers += conv_act(cin, sc_num_filters, sc_kernel_size)
             cin = sc_num_filters
-        self.sc_pool = nn.AvgPool2d(kernel_size=self.sc_downsample, stride=self.sc_downsample)
+        sc_pool = self.sc_downsample // self.stem_stride  # on the local-appearance grid
+        self.sc_pool = nn.AvgPool2d(kernel_size=sc_pool, stride=sc_pool)
         self.sc_convs = nn.Sequential(*sc_layers)
         self.sc_output = nn.Conv2d(cin, num_landmarks, sc_kernel_size, padding=sc_kernel_size // 2)
 
@@ -186,7 +222,7 @@ class SpatialConfigurationNet(nn.Module):
         if h % self.size_divisor != 0 or w % self.size_divisor != 0:
             raise ValueError(
                 f"SpatialConfigurationNet: input height and width must be divisible by {self.size_divisor} "
-                f"(2**(num_levels - 1) = {self.pyramid_divisor} and sc_downsample = {self.sc_downsample}), "
+                f"(stem_stride * 2**(num_levels - 1) = {self.pyramid_divisor} and sc_downsample = {self.sc_downsample}), "
                 f"got {h}x{w}."
             )
 
@@ -196,9 +232,9 @@ class SpatialConfigurationNet(nn.Module):
         return F.interpolate(x, size=size, mode=self.upsample_mode, align_corners=False)
 
     def local_appearance(self, x: torch.Tensor) -> torch.Tensor:
-        """LA heatmaps ``(B, num_landmarks, H, W)`` (linear output) of an input ``(B, C, H, W)``."""
+        """LA heatmaps ``(B, num_landmarks, H / stem_stride, W / stem_stride)`` (linear output) of an input ``(B, C, H, W)``."""
         skips: List[torch.Tensor] = []
-        h = x
+        h = self.stem(x)
         for level, block in enumerate(self.la_down):
             h = block(h)
             if level < self.num_levels - 1:
@@ -219,7 +255,9 @@ class SpatialConfigurationNet(nn.Module):
         return s.clamp(-1.0, 1.0)
 
     def forward_components(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Return ``(heatmaps, la, sc)``, each ``(B, num_landmarks, H, W)``; ``heatmaps = la * sc``.
+        """Return ``(heatmaps, la, sc)``; ``heatmaps`` is ``(B, num_landmarks, H, W)``, ``la`` and ``sc`` are
+        on the local-appearance grid ``(H / stem_stride, W / stem_stride)``; ``heatmaps = la * sc``
+        (up-sampled bicubically to ``(H, W)`` when ``stem_stride > 1``).
 
         ``heatmaps`` and ``sc`` are at least float32 (also under autocast, where ``la`` is the
         autocast dtype), so that sub-pixel decoding is not limited by half precision.
@@ -227,7 +265,10 @@ class SpatialConfigurationNet(nn.Module):
         self._check_size(x)
         la = self.local_appearance(x)
         sc = self.spatial_configuration(la)
-        return la.to(sc.dtype) * sc, la, sc
+        heatmaps = la.to(sc.dtype) * sc
+        if self.stem_stride > 1:
+            heatmaps = F.interpolate(heatmaps, size=[x.shape[-2], x.shape[-1]], mode="bicubic", align_corners=False)
+        return heatmaps, la, sc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Heatmaps ``(B, num_landmarks, H, W)`` of an input ``(B, in_channels, H, W)``."""

@@ -1,0 +1,173 @@
+"""Ignite handlers for training under a wall-clock budget.
+
+:class:`BudgetLrSchedule` drives the learning rate by the *fraction of the run done*, which is the
+larger of the elapsed fraction of a wall-clock budget (``max_minutes``) and the fraction of
+iterations done (``max_epochs`` x iterations per epoch): a linear warm-up, then a cosine (or
+linear) decay to ``final_factor`` x the base rate. When the budget is spent it ends training with the
+schedule finished (learning rate at its final value), so a budget-limited run is a complete run,
+not a cut-off one. Without a budget it is an ordinary per-iteration warm-up + cosine schedule over
+``max_epochs``.
+
+Its ``state_dict`` / ``load_state_dict`` keep the elapsed training time, so a resumed run (``last.ckpt``)
+continues the schedule where it stopped instead of starting the budget again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from ignite.engine import Engine, Events
+
+__all__ = ["schedule_factor", "BudgetLrSchedule"]
+
+
+def schedule_factor(progress: float, warmup_fraction: float = 0.05, final_factor: float = 0.0,
+                    shape: str = "cosine") -> float:
+    """Multiplier of the base learning rate at ``progress`` in ``[0, 1]`` of the run.
+
+    Linear warm-up from ``final_factor`` (at least 1 %) to 1 over the first ``warmup_fraction``, then
+    ``shape`` ``"cosine"`` (half a cosine) or ``"linear"`` down to ``final_factor`` at ``progress = 1``;
+    ``"constant"`` keeps 1 after the warm-up.
+    """
+    p = min(max(float(progress), 0.0), 1.0)
+    if warmup_fraction > 0 and p < warmup_fraction:
+        start = max(final_factor, 0.01)
+        return start + (1.0 - start) * p / warmup_fraction
+    if shape == "constant":
+        return 1.0
+    q = (p - warmup_fraction) / max(1.0 - warmup_fraction, 1e-12)
+    if shape == "cosine":
+        return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * q))
+    if shape == "linear":
+        return final_factor + (1.0 - final_factor) * (1.0 - q)
+    raise ValueError(f"schedule_factor: shape must be 'cosine', 'linear' or 'constant', got {shape!r}.")
+
+
+class BudgetLrSchedule:
+    """Warm-up + cosine/linear learning-rate schedule over a wall-clock budget and/or ``max_epochs``.
+
+    Progress is ``max(elapsed / (budget - reserve), iteration / (max_epochs * epoch_length))``, where
+    ``elapsed`` counts wall-clock seconds since the trainer started (validation included, plus the
+    time of earlier runs when resumed) and ``reserve`` is the duration of the latest validation run
+    (when ``validator`` is given), kept free for the final validation. The learning rate of every
+    parameter group is set before each iteration to ``base_lr x schedule_factor(progress)``. When
+    the budget is spent the trainer is terminated after the iteration, and, if that epoch would not
+    be validated otherwise, ``validator`` runs once more so that the best checkpoint sees the final
+    weights.
+
+    Args:
+        optimizer: the trainer's optimizer; its groups' current ``lr`` are the base rates.
+        max_minutes: wall-clock budget of the training in minutes (``None`` or <= 0: no budget,
+            the schedule runs over ``max_epochs``).
+        warmup_fraction: fraction of the run spent in the linear warm-up.
+        final_factor: learning rate at the end, as a fraction of the base rate.
+        shape: ``"cosine"``, ``"linear"`` or ``"constant"`` (after the warm-up), or ``"none"``: leave
+            the learning rate alone (another scheduler, or none) and only end training at the budget.
+        validator: the validation engine (optional): its run time is reserved at the end of the
+            budget, and it validates the last weights when the budget ends an epoch early.
+        val_interval: the ``ValidationHandler``'s epoch interval; with ``validator``, the final
+            validation runs only when the interrupted epoch is a multiple of it (otherwise
+            ``scripts.engines.FinalValidation`` does it).
+        clock: time source in seconds (``time.monotonic``).
+
+    Attach it after ``ValidationHandler`` and ``FinalValidation`` and before handlers that report the
+    best metric. Save it with the training state (``state_dict``) to resume the schedule.
+    """
+
+    def __init__(self, optimizer, max_minutes: float | None = None, warmup_fraction: float = 0.05,
+                 final_factor: float = 0.0, shape: str = "cosine", validator: Engine | None = None,
+                 val_interval: int = 1, clock=time.monotonic) -> None:
+        if shape != "none":
+            schedule_factor(0.5, warmup_fraction, final_factor, shape)  # validates shape
+        if not 0.0 <= warmup_fraction < 1.0:
+            raise ValueError(f"BudgetLrSchedule: warmup_fraction must be in [0, 1), got {warmup_fraction!r}.")
+        self.optimizer = optimizer
+        self.budget_s = float(max_minutes) * 60.0 if max_minutes and float(max_minutes) > 0 else None
+        self.warmup_fraction = float(warmup_fraction)
+        self.final_factor = float(final_factor)
+        self.shape = shape
+        self.validator = validator
+        self.val_interval = max(1, int(val_interval))
+        self.clock = clock
+        self.base_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+        self.elapsed_before_s = 0.0  # time of earlier (resumed) runs
+        self.reserve_s = 0.0
+        self.ended_by_budget = False
+        self._start = None
+        self.logger = logging.getLogger(self.__class__.__name__)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Base rates, elapsed training seconds and the validation reserve (for ``last.ckpt``)."""
+        return {"base_lrs": list(self.base_lrs), "elapsed_s": self.elapsed_s(), "reserve_s": self.reserve_s}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a saved schedule: the elapsed time of the saved run counts against the budget."""
+        self.base_lrs = [float(v) for v in state["base_lrs"]]
+        self.elapsed_before_s = float(state["elapsed_s"])
+        self.reserve_s = float(state.get("reserve_s", 0.0))
+        if self._start is not None:
+            self._start = self.clock()
+
+    # ------------------------------------------------------------------ engine
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._set_lr)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check_budget)
+        engine.add_event_handler(Events.COMPLETED, self._final_validation)
+        if self.validator is not None:
+            self.validator.add_event_handler(Events.STARTED, self._validation_started)
+            self.validator.add_event_handler(Events.COMPLETED, self._validation_completed)
+
+    def elapsed_s(self) -> float:
+        """Seconds of training so far (this run since the trainer started, plus resumed runs)."""
+        return self.elapsed_before_s + (0.0 if self._start is None else self.clock() - self._start)
+
+    def progress(self, engine: Engine) -> float:
+        """Fraction of the run done, in ``[0, 1]`` (see the class docstring)."""
+        fractions = []
+        epoch_length = engine.state.epoch_length
+        if engine.state.max_epochs and epoch_length:
+            # iterations done before the current one (ignite counts it from ITERATION_STARTED on)
+            done = max(engine.state.iteration - 1, 0)
+            fractions.append(done / (engine.state.max_epochs * epoch_length))
+        if self.budget_s is not None:
+            fractions.append(self.elapsed_s() / max(self.budget_s - self.reserve_s, 1e-9))
+        return min(max(fractions, default=0.0), 1.0)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = self.clock()
+        self.ended_by_budget = False
+        self._set_lr(engine)
+
+    def _set_lr(self, engine: Engine) -> None:
+        if self.shape == "none":
+            return
+        factor = schedule_factor(self.progress(engine), self.warmup_fraction, self.final_factor, self.shape)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+
+    def _check_budget(self, engine: Engine) -> None:
+        if self.budget_s is None or self.ended_by_budget:
+            return
+        if self.elapsed_s() >= self.budget_s - self.reserve_s:
+            self.ended_by_budget = True
+            self.logger.info(
+                f"time budget of {self.budget_s / 60:.1f} min spent after {engine.state.iteration} iterations "
+                f"(epoch {engine.state.epoch}); the schedule is finished"
+            )
+            engine.terminate()
+
+    def _validation_started(self, _engine: Engine) -> None:
+        self._val_start = self.clock()
+
+    def _validation_completed(self, _engine: Engine) -> None:
+        self.reserve_s = self.clock() - getattr(self, "_val_start", self.clock())
+
+    def _final_validation(self, engine: Engine) -> None:
+        # FinalValidation covers epochs that are not multiples of the interval; an epoch cut short by
+        # the budget that *is* a multiple was never validated by ValidationHandler either.
+        if self.ended_by_budget and self.validator is not None and engine.state.epoch % self.val_interval == 0:
+            self.validator.run(engine.state.epoch)

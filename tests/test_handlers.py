@@ -1,0 +1,147 @@
+"""scripts.handlers.BudgetLrSchedule on real ignite engines, and ``--max_minutes`` / ``--tune_fraction``
+through ``python -m monai.bundle run training`` on a tiny demo data set."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+
+from scripts.data import LandmarkDataset, split_off_tuning
+from scripts.demo_data import generate_demo_dataset
+from scripts.handlers import BudgetLrSchedule, schedule_factor
+from tests.helpers import BUNDLE_ROOT, run_bundle
+
+TINY = {"num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 1.5}
+
+
+class FakeClock:
+    """A clock that advances ``step`` seconds every time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+class Validator(Engine):
+    """An ignite engine that, like MONAI's evaluators, is run as ``run(global_epoch)``."""
+
+    def run(self, global_epoch: int = 1):  # noqa: D102
+        return super().run([0], max_epochs=1)
+
+
+def _optimizer(lr=0.1):
+    return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+
+
+def test_schedule_factor_shapes():
+    assert schedule_factor(0.0, 0.1, 0.0) == pytest.approx(0.01)
+    assert schedule_factor(0.05, 0.1, 0.0) == pytest.approx(0.505)
+    assert schedule_factor(0.1, 0.1, 0.0) == pytest.approx(1.0)
+    assert schedule_factor(0.55, 0.1, 0.0) == pytest.approx(0.5)
+    assert schedule_factor(1.0, 0.1, 0.0) == pytest.approx(0.0, abs=1e-12)
+    assert schedule_factor(1.0, 0.1, 0.02, "linear") == pytest.approx(0.02)
+    assert schedule_factor(0.7, 0.0, 0.0, "constant") == 1.0
+    with pytest.raises(ValueError, match="shape must be"):
+        schedule_factor(0.5, 0.1, 0.0, "step")
+
+
+def test_budget_ends_training_with_finished_schedule_and_validates_the_cut_epoch():
+    optimizer = _optimizer()
+    lrs, validated = [], []
+    trainer = Engine(lambda e, b: lrs.append(optimizer.param_groups[0]["lr"]))
+    validator = Validator(lambda e, b: None)
+    validator.add_event_handler(Events.COMPLETED, lambda e: validated.append(trainer.state.iteration))
+    # every clock read advances 0.7 s; a budget of 1 min ends the run long before 100 epochs
+    schedule = BudgetLrSchedule(optimizer, max_minutes=1.0, warmup_fraction=0.1, validator=validator,
+                                clock=FakeClock(0.7))
+    schedule.attach(trainer)
+    trainer.run(range(10), max_epochs=100)
+    assert schedule.ended_by_budget and trainer.state.iteration < 100
+    assert trainer.state.iteration % 10 != 0  # stopped inside an epoch ...
+    assert validated == [trainer.state.iteration]  # ... which was validated once at the end
+    peak = max(lrs)
+    assert peak == pytest.approx(0.1, rel=0.05) and lrs[0] < 0.03  # warm-up, then ...
+    assert lrs[-1] < 0.002 and optimizer.param_groups[0]["lr"] < 0.002  # ... decayed to ~0 at the end
+    assert all(a >= b for a, b in zip(lrs[lrs.index(peak):], lrs[lrs.index(peak) + 1:]))  # monotone decay
+
+
+def test_without_budget_schedule_runs_over_max_epochs_and_state_resumes():
+    optimizer = _optimizer()
+    lrs = []
+    trainer = Engine(lambda e, b: lrs.append(optimizer.param_groups[0]["lr"]))
+    schedule = BudgetLrSchedule(optimizer, warmup_fraction=0.0)
+    schedule.attach(trainer)
+    trainer.run(range(5), max_epochs=4)
+    assert not schedule.ended_by_budget and trainer.state.iteration == 20
+    expected = [0.1 * 0.5 * (1 + math.cos(math.pi * i / 20)) for i in range(20)]
+    assert lrs == pytest.approx(expected)
+
+    # a budget schedule saved after 30 s of a 1-minute budget continues from there
+    clock = FakeClock(0.0)
+    first = BudgetLrSchedule(_optimizer(), max_minutes=1.0, warmup_fraction=0.0, clock=clock)
+    first._start = clock()
+    clock.now += 30.0
+    state = first.state_dict()
+    assert state["elapsed_s"] == pytest.approx(30.0)
+    second = BudgetLrSchedule(_optimizer(lr=0.5), max_minutes=1.0, warmup_fraction=0.0, clock=FakeClock(0.0))
+    second.load_state_dict(state)
+    assert second.base_lrs == [0.1] and second.elapsed_s() == pytest.approx(30.0)
+    engine = Engine(lambda e, b: None)
+    engine.state.max_epochs, engine.state.epoch_length = None, None
+    assert second.progress(engine) == pytest.approx(0.5)
+
+
+def test_split_off_tuning_is_deterministic_disjoint_and_order_free():
+    items = [{"id": str(i)} for i in range(91)]
+    rest, tune = split_off_tuning(items, 0.11)
+    assert len(tune) == 10 and len(rest) == 81
+    assert {d["id"] for d in rest}.isdisjoint({d["id"] for d in tune})
+    rest2, tune2 = split_off_tuning(list(reversed(items)), 0.11)
+    assert {d["id"] for d in tune2} == {d["id"] for d in tune}
+    assert split_off_tuning(items, 0.0) == (items, [])
+    assert len(split_off_tuning(items[:3], 0.01)[1]) == 1
+    with pytest.raises(ValueError, match="tune_fraction"):
+        split_off_tuning(items, 1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "demo_hand"
+    generate_demo_dataset(out, kind="hand", num_train=6, num_valid=2, seed=3)
+    return out
+
+
+def test_config_selects_on_tuning_subset_of_train_and_never_on_valid(tiny_dataset):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(tiny_dataset), "tune_fraction": 0.34})
+    train_ids = {d["id"] for d in parser.get_parsed_content("train#dataset#data")}
+    val_ids = {d["id"] for d in parser.get_parsed_content("validate#dataset#data")}
+    source = LandmarkDataset(str(tiny_dataset))
+    all_train = {d["id"] for d in source.datalist("train")}
+    valid = {d["id"] for d in source.datalist("valid")}
+    assert len(val_ids) == 2 and val_ids <= all_train and val_ids.isdisjoint(valid)
+    assert train_ids == all_train - val_ids
+
+
+def test_max_minutes_ends_a_bundle_run_with_lr_near_zero(tiny_dataset, tmp_path):
+    values = {**TINY, "dataset_dir": str(tiny_dataset), "ckpt_dir": str(tmp_path / "models"),
+              "output_dir": str(tmp_path / "runs"), "max_epochs": 1000, "val_interval": 1,
+              "max_minutes": 0.15, "lr_schedule": "cosine", "tune_fraction": 0.34, "scn_variant": "fast"}
+    log = run_bundle("training", ["configs/train.json"], values)
+    assert re.search(r"time budget of 0\.1 min spent after \d+ iterations", log), log[-2000:]
+    assert "Best validation mean point error (network px)" in log
+    state = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert state["trainer"]["iteration"] < 1000 * state["trainer"]["epoch_length"]
+    lr = state["optimizer"]["param_groups"][0]["lr"]
+    assert 0.0 <= lr < 0.02 * 1e-4  # the cosine reached ~0 when the budget ended
+    assert (tmp_path / "models" / "model.pt").is_file()
