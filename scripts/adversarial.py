@@ -55,10 +55,11 @@ not inside sections taken over whole from train.json (``presets#...``, ``validat
 The SCN becomes the generator with ``--network_def %configs/train.json::network_def``.
 What the config uses: the heatmap term takes train.json's ``gamma`` = 100 with the per-pixel mean squared
 error (``HeatmapLoss(reduction="mean")``) on heatmaps of ``heatmap_sigma`` = the preset's sigma divided by
-the output stride (at least 1 heatmap px); ``adversarial_alpha`` = 2e-4 and ``adversarial_beta`` = 2.5e-4
-(the paper's 1/220 : 1/180 proportion), multiplied by ``adversarial_scale`` = gamma**2 = 1e4, i.e.
-effective weights 2 and 2.5 on ``L_C`` and ``L_P``. They were chosen by measuring ``adversarial/grad_ratio`` on
-the demo data (docs/README.md, "Adversarial loss balance"), where it lies in about 0.05-0.3.
+the output stride (at least 1 heatmap px); ``adversarial_alpha`` = 1e-4 and ``adversarial_beta`` = 1.25e-4
+(about the paper's 1/220 : 1/180 proportion), multiplied by ``adversarial_scale`` = gamma**2 = 1e4, i.e.
+effective weights 1 and 1.25 on ``L_C`` and ``L_P``. They were chosen by measuring ``adversarial/grad_ratio``
+on the demo data (docs/README.md, "Adversarial loss balance"): 0.05-0.22 over the first 144 iterations,
+where the paper's weights times gamma**2 give 7.2 and the paper's weights alone 4e-4.
 An adversarially trained generator is evaluated by ``['configs/train.json','configs/evaluate.json']``
 with the generator's ``network_def`` passed as an override.
 """
@@ -455,8 +456,8 @@ class AdversarialLandmarkTrainer(Trainer):
         pose_optimizer: torch.optim.Optimizer,
         confidence_discriminator: nn.Module,
         confidence_optimizer: torch.optim.Optimizer,
-        alpha: float = 2e-4,
-        beta: float = 2.5e-4,
+        alpha: float = 1e-4,
+        beta: float = 1.25e-4,
         mse_weight: float = 1.0,
         adversarial_scale: float | None = None,
         grad_ratio_interval: int = 0,
