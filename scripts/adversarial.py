@@ -72,8 +72,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.engines import Trainer
 from ignite.metrics import Metric
+from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch import nn
@@ -265,8 +265,8 @@ def gradient_norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor, para
 
     Both gradients come from ``torch.autograd.grad`` with ``retain_graph=True``, so the caller can still call
     ``backward`` on a loss built from the same graph; nothing is accumulated into ``.grad``. A term that does
-    not depend on the parameters has a zero gradient (ratio 0 for the numerator; ``inf`` or NaN for the
-    denominator).
+    not depend on the parameters has a zero gradient: the ratio is 0 for such a numerator, ``inf`` for such a
+    denominator (0 if both are).
 
     Args:
         numerator, denominator: scalar losses, e.g. the weighted adversarial and heatmap terms of the generator.
@@ -278,7 +278,7 @@ def gradient_norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor, para
         if not params or not term.requires_grad:
             return 0.0
         grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        return float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads if g is not None) + 0.0))
+        return math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
 
     top, bottom = norm(numerator), norm(denominator)
     return top / bottom if bottom > 0 else (0.0 if top == 0 else float("inf"))
