@@ -7,7 +7,9 @@ same budget, preset, data, threads and seed, and writes a Markdown table of the 
 * ``hourglass``: the stacked hourglass alone (intermediate supervision, MSE only):
   ``configs/train_adversarial.json`` with ``adversarial_alpha = adversarial_beta = 0`` (the
   discriminators are then neither run nor trained);
-* ``hourglass_adv``: the hourglass with the pose and confidence discriminators (Adversarial PoseNet);
+* ``hourglass_adv``: the hourglass with the pose and confidence discriminators (Adversarial PoseNet), at
+  the config's balanced weights (``adversarial_alpha`` 1e-4, ``adversarial_beta`` 1.25e-4, times gamma**2;
+  the run's TensorBoard log under ``<out>/hourglass_adv/runs`` has the ``adversarial/grad_ratio`` it reached);
 * ``scn_adv``: the SCN as the generator of the adversarial engine (``--methods`` to include it).
 
 Every method selects its checkpoint on split ``valid`` and is evaluated on every split of

@@ -7,11 +7,26 @@ Chen et al., "Adversarial PoseNet", ICCV 2017 (see docs/METHODS.md section 2). P
 2. the pose discriminator P (image + heatmaps) and the confidence discriminator C (heatmaps) learn,
    per landmark, real heatmaps -> 1 and the *detached* generated heatmaps -> :func:`fake_labels`
    (1 where the decoded landmark lies within a distance threshold of the truth, else 0);
-3. G minimises ``mse_weight * L_MSE + alpha * L_C + beta * L_P``: ``L_MSE`` is the heatmap loss summed
-   over all stacks (intermediate supervision), ``L_C`` and ``L_P`` are the binary cross-entropies of
-   C and P on the generated heatmaps against the label 1 ("real"). The generated heatmaps are *not*
-   detached here, so the adversarial gradient reaches G with the sign that makes it fool P and C;
-   the discriminators' parameters are frozen during this step.
+3. G minimises ``mse_weight * L_MSE + adversarial_scale * (alpha * L_C + beta * L_P)``: ``L_MSE`` is the
+   heatmap loss summed over all stacks (intermediate supervision), ``L_C`` and ``L_P`` are the binary
+   cross-entropies of C and P on the generated heatmaps against the label 1 ("real"). The generated
+   heatmaps are *not* detached here, so the adversarial gradient reaches G with the sign that makes it
+   fool P and C; the discriminators' parameters are frozen during this step.
+
+Loss balance. The discriminators see every heatmap divided by its own peak, so the adversarial gradient on
+the generator's raw heatmaps scales as ``1 / gamma`` while the heatmap loss's scales as ``gamma`` (the peak
+of the targets): with fixed weights their ratio would scale as ``1 / gamma**2`` (measured: 4e-4 at
+gamma 100 with the paper's 1/220 and 1/180, about 4 at gamma 1). ``adversarial_scale`` defaults to the
+heatmap loss's ``gamma**2``, so ``alpha`` and ``beta`` are weights *relative to the heatmap loss of peak-1
+targets* and the balance does not depend on gamma. The heatmap loss itself keeps its scale, so the
+optimizer's (coupled) weight decay and a generator trained without discriminators are unchanged.
+The balance still depends on the loss reduction, the heatmap grid and the stage of training, so it is
+measured: every epoch the trainer logs ``adversarial/grad_ratio``, the ratio of the L2 norms over all
+generator parameters of ``d(adversarial_scale * (alpha L_C + beta L_P)) / d theta`` and
+``d(mse_weight L_MSE) / d theta`` (two ``torch.autograd.grad`` calls on the real batch of the measured
+iteration, :func:`gradient_norm_ratio`), and the discriminators' accuracies on real and generated heatmaps
+(``adversarial/pose_acc``, ``adversarial/conf_acc``, with ``_real`` and ``_generated`` parts), to the
+console (``StatsHandler``) and TensorBoard (``TensorBoardStatsHandler``) through ``engine.state.metrics``.
 
 Every loss term is masked per landmark: a landmark that is missing or outside the grid
 (``landmarks_mask`` of the batch, see docs/DESIGN.md) counts in none of them.
@@ -38,20 +53,26 @@ Overrides work on top-level keys (``--spatial_size``, ``--sigma``, ``--max_epoch
 and inside the sections this file defines (``--network_def#num_stacks 4``, ``--train#trainer#...``),
 not inside sections taken over whole from train.json (``presets#...``, ``validate#...``).
 The SCN becomes the generator with ``--network_def %configs/train.json::network_def``.
-The heatmap term uses peak-1 Gaussians (``gamma`` 1) and the per-pixel mean squared error
-(``HeatmapLoss(reduction="mean")``), the scale of the hourglass papers for which alpha and beta were
-chosen; its ``heatmap_sigma`` is the preset's sigma divided by the output stride, at least 1 heatmap px.
+What the config uses: the heatmap term takes train.json's ``gamma`` = 100 with the per-pixel mean squared
+error (``HeatmapLoss(reduction="mean")``) on heatmaps of ``heatmap_sigma`` = the preset's sigma divided by
+the output stride (at least 1 heatmap px); ``adversarial_alpha`` = 1e-4 and ``adversarial_beta`` = 1.25e-4
+(about the paper's 1/220 : 1/180 proportion), multiplied by ``adversarial_scale`` = gamma**2 = 1e4, i.e.
+effective weights 1 and 1.25 on ``L_C`` and ``L_P``. They were chosen by measuring ``adversarial/grad_ratio``
+on the demo data (docs/README.md, "Adversarial loss balance"): 0.05-0.22 over the first 144 iterations,
+where the paper's weights times gamma**2 give 7.2 and the paper's weights alone 4e-4.
 An adversarially trained generator is evaluated by ``['configs/train.json','configs/evaluate.json']``
 with the generator's ``network_def`` passed as an override.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from ignite.metrics import Metric
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
@@ -69,6 +90,11 @@ __all__ = [
     "masked_bce_with_logits",
     "discriminator_loss",
     "generator_adversarial_loss",
+    "discriminator_counts",
+    "gradient_norm_ratio",
+    "MeanOfMeasured",
+    "DiscriminatorAccuracy",
+    "adversarial_monitors",
     "with_checkpoint_entries",
     "AdversarialLandmarkTrainer",
 ]
@@ -217,6 +243,122 @@ def generator_adversarial_loss(fake_logits: torch.Tensor, mask: torch.Tensor) ->
     return masked_bce_with_logits(fake_logits, 1.0, mask)
 
 
+def discriminator_counts(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, fake_targets: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """How often a discriminator judges right, per kind of heatmap: ``(4,)`` float64 tensor
+    ``[real correct, real kept, generated correct, generated kept]``.
+
+    A real heatmap is judged right when its logit is > 0 ("real"); a generated one when ``logit > 0`` agrees
+    with its label (``fake_targets > 0.5``: close enough to the truth to count as real). Only entries kept by
+    ``mask`` ``(B, K)`` count. Shapes as :func:`discriminator_loss`.
+    """
+    keep = mask != 0
+    real_right = (real_logits > 0) & keep
+    fake_right = ((fake_logits > 0) == (fake_targets > 0.5)) & keep
+    kept = keep.sum()
+    return torch.stack([real_right.sum(), kept, fake_right.sum(), kept]).double().cpu()
+
+
+def gradient_norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor, parameters: Sequence[torch.Tensor]) -> float:
+    """``||d numerator / d theta|| / ||d denominator / d theta||`` over ``parameters`` (global L2 norms).
+
+    Both gradients come from ``torch.autograd.grad`` with ``retain_graph=True``, so the caller can still call
+    ``backward`` on a loss built from the same graph; nothing is accumulated into ``.grad``. A term that does
+    not depend on the parameters has a zero gradient: the ratio is 0 for such a numerator, ``inf`` for such a
+    denominator (0 if both are).
+
+    Args:
+        numerator, denominator: scalar losses, e.g. the weighted adversarial and heatmap terms of the generator.
+        parameters: the generator's parameters; those without ``requires_grad`` are skipped.
+    """
+    params = [p for p in parameters if p.requires_grad]
+
+    def norm(term: torch.Tensor) -> float:
+        if not params or not term.requires_grad:
+            return 0.0
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        return math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
+
+    top, bottom = norm(numerator), norm(denominator)
+    return top / bottom if bottom > 0 else (0.0 if top == 0 else float("inf"))
+
+
+class MeanOfMeasured(Metric):
+    """Epoch mean of a number that the trainer measures on some iterations only (NaN on the others).
+
+    Args:
+        key: entry of ``engine.state.output`` (a float, NaN when not measured this iteration).
+
+    ``compute()``: mean of the finite values of the epoch, NaN if none was measured.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(output_transform=lambda output: output[key])
+
+    def reset(self) -> None:
+        self._total, self._count = 0.0, 0
+
+    def update(self, value) -> None:
+        value = float(value)
+        if math.isfinite(value):
+            self._total, self._count = self._total + value, self._count + 1
+
+    def compute(self) -> float:
+        return self._total / self._count if self._count else float("nan")
+
+
+class DiscriminatorAccuracy(Metric):
+    """Epoch accuracy of a discriminator from the :func:`discriminator_counts` of every iteration.
+
+    Args:
+        key: entry of ``engine.state.output`` holding the counts (``"pose_counts"``, ``"conf_counts"``;
+            None on iterations where that discriminator did not run).
+        which: ``"all"`` (real and generated heatmaps together), ``"real"`` or ``"generated"``.
+
+    ``compute()``: fraction in ``[0, 1]``, NaN if nothing was judged. Measured on the discriminator's
+    logits of each iteration *before* its update on that batch.
+    """
+
+    def __init__(self, key: str, which: str = "all") -> None:
+        if which not in ("all", "real", "generated"):
+            raise ValueError(f"DiscriminatorAccuracy: which must be 'all', 'real' or 'generated', got {which!r}.")
+        self.key, self.which = key, which
+        super().__init__(output_transform=lambda output: output[key])
+
+    def reset(self) -> None:
+        self._counts = torch.zeros(4, dtype=torch.float64)
+
+    def update(self, counts) -> None:
+        if counts is not None:
+            self._counts += torch.as_tensor(counts, dtype=torch.float64)
+
+    def compute(self) -> float:
+        real_right, real_kept, fake_right, fake_kept = self._counts.tolist()
+        right, kept = {
+            "all": (real_right + fake_right, real_kept + fake_kept),
+            "real": (real_right, real_kept),
+            "generated": (fake_right, fake_kept),
+        }[self.which]
+        return right / kept if kept else float("nan")
+
+
+def adversarial_monitors(use_pose: bool = True, use_confidence: bool = True) -> dict[str, Metric]:
+    """The per-epoch monitors of :class:`AdversarialLandmarkTrainer`, by ``engine.state.metrics`` name.
+
+    ``adversarial/grad_ratio`` (always) and, for each discriminator in use, ``adversarial/<pose|conf>_acc``,
+    ``..._acc_real`` and ``..._acc_generated``.
+    """
+    monitors: dict[str, Metric] = {"adversarial/grad_ratio": MeanOfMeasured("grad_ratio")}
+    for used, short in ((use_pose, "pose"), (use_confidence, "conf")):
+        if used:
+            monitors[f"adversarial/{short}_acc"] = DiscriminatorAccuracy(f"{short}_counts", "all")
+            monitors[f"adversarial/{short}_acc_real"] = DiscriminatorAccuracy(f"{short}_counts", "real")
+            monitors[f"adversarial/{short}_acc_generated"] = DiscriminatorAccuracy(f"{short}_counts", "generated")
+    return monitors
+
+
 def with_checkpoint_entries(handlers: Iterable, entries: Mapping[str, Any]) -> list:
     """Copy of a handler list in which every :class:`scripts.engines.LastCheckpoint` also saves ``entries``.
 
@@ -264,9 +406,15 @@ class AdversarialLandmarkTrainer(Trainer):
         pose_optimizer: P's optimizer.
         confidence_discriminator: C, ``heatmaps -> (B, K)`` logits.
         confidence_optimizer: C's optimizer.
-        alpha: weight of the confidence term ``L_C`` in the generator objective (paper: 1/220).
-        beta: weight of the pose term ``L_P`` (paper: 1/180).
+        alpha: weight of the confidence term ``L_C``, relative to the heatmap loss of peak-1 targets (times
+            ``adversarial_scale``). The paper's 1/220 was for its own heatmap scale; see the module docstring.
+        beta: weight of the pose term ``L_P``, likewise (paper: 1/180).
         mse_weight: weight of the heatmap term ``L_MSE`` (1; 0 trains with the adversarial terms alone).
+        adversarial_scale: factor on both adversarial terms; None: ``loss_function.gamma ** 2`` (1 if the loss
+            has no ``gamma``), which makes ``alpha`` and ``beta`` independent of the heatmap peak.
+        grad_ratio_interval: measure ``grad_ratio`` every this many iterations (the epoch logs their mean);
+            0: on the last iteration of every epoch. A measuring iteration costs two extra backward passes
+            and updates the networks exactly as any other iteration.
         threshold_mm, threshold_px: tolerances of :func:`fake_labels`.
         discriminator_steps: discriminator updates per iteration (on the same batch) before the generator update.
         autocast_dtype: ``"bfloat16"`` or ``"float16"`` to run the networks under ``torch.autocast`` on the
@@ -281,7 +429,14 @@ class AdversarialLandmarkTrainer(Trainer):
     grid, detached: up-sampled by the generator's ``upsample_heatmaps`` when it has one, else bicubically,
     so the metric transforms of ``scripts.engines`` decode them like the SCN's), ``loss`` (generator
     total), ``loss_mse``, ``loss_adv_pose`` (``L_P``), ``loss_adv_conf`` (``L_C``), ``loss_d_pose``,
-    ``loss_d_conf`` (discriminator objectives) and ``fake_labels`` (B, K).
+    ``loss_d_conf`` (discriminator objectives), ``fake_labels`` (B, K), ``grad_ratio`` (float, NaN on
+    iterations that do not measure it), ``pose_counts`` and ``conf_counts`` (:func:`discriminator_counts`
+    before the discriminators' update, None for a discriminator not in use).
+
+    ``engine.state.metrics`` per epoch (:func:`adversarial_monitors`, attached before ``train_handlers`` so
+    that their ``StatsHandler`` and ``TensorBoardStatsHandler`` log them): ``adversarial/grad_ratio`` and,
+    for each discriminator in use, ``adversarial/pose_acc`` / ``adversarial/conf_acc`` (real and generated
+    heatmaps together) with ``_real`` and ``_generated`` parts.
 
     Not for DistributedDataParallel: the generator's stacks are taken from ``module.forward_stacks``, which
     bypasses DDP's gradient synchronisation, so a DDP-wrapped network is rejected.
@@ -299,9 +454,11 @@ class AdversarialLandmarkTrainer(Trainer):
         pose_optimizer: torch.optim.Optimizer,
         confidence_discriminator: nn.Module,
         confidence_optimizer: torch.optim.Optimizer,
-        alpha: float = 1.0 / 220.0,
-        beta: float = 1.0 / 180.0,
+        alpha: float = 1e-4,
+        beta: float = 1.25e-4,
         mse_weight: float = 1.0,
+        adversarial_scale: float | None = None,
+        grad_ratio_interval: int = 0,
         threshold_mm: float = 10.0,
         threshold_px: float = 10.0,
         discriminator_steps: int = 1,
@@ -332,7 +489,11 @@ class AdversarialLandmarkTrainer(Trainer):
             raise ValueError(
                 f"AdversarialLandmarkTrainer: autocast_dtype must be None, 'bfloat16' or 'float16', got {autocast_dtype!r}."
             )
+        if int(grad_ratio_interval) < 0:
+            raise ValueError(f"AdversarialLandmarkTrainer: grad_ratio_interval must be >= 0, got {grad_ratio_interval!r}.")
         extra = {} if metric_cmp_fn is None else {"metric_cmp_fn": metric_cmp_fn}
+        # attached by _register_handlers, i.e. before the train handlers that read state.metrics at EPOCH_COMPLETED
+        self._monitors = adversarial_monitors(use_pose=float(beta) != 0.0, use_confidence=float(alpha) != 0.0)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -344,7 +505,7 @@ class AdversarialLandmarkTrainer(Trainer):
             postprocessing=postprocessing,
             key_metric=key_train_metric,
             additional_metrics=additional_metrics,
-            handlers=train_handlers,
+            handlers=list(train_handlers or []),
             amp=False,
             event_names=event_names,
             event_to_attr=event_to_attr,
@@ -360,10 +521,27 @@ class AdversarialLandmarkTrainer(Trainer):
         self.confidence_discriminator = confidence_discriminator
         self.confidence_optimizer = confidence_optimizer
         self.alpha, self.beta, self.mse_weight = float(alpha), float(beta), float(mse_weight)
+        if adversarial_scale is None:
+            adversarial_scale = float(getattr(loss_function, "gamma", 1.0)) ** 2
+        self.adversarial_scale = float(adversarial_scale)
+        self.grad_ratio_interval = int(grad_ratio_interval)
         self.threshold_mm, self.threshold_px = float(threshold_mm), float(threshold_px)
         self.discriminator_steps = int(discriminator_steps)
         self.autocast_dtype = None if autocast_dtype is None else getattr(torch, autocast_dtype)
         self.optim_set_to_none = optim_set_to_none
+
+    def _register_handlers(self, handlers: Sequence) -> None:
+        for name, monitor in self._monitors.items():
+            monitor.attach(self, name)
+        super()._register_handlers(handlers)
+
+    def _measures_grad_ratio(self) -> bool:
+        """Whether this iteration measures ``grad_ratio``: every ``grad_ratio_interval``-th iteration, or with
+        interval 0 the last iteration of every epoch (every iteration outside ``run``, where no epoch is set)."""
+        iteration, length = int(self.state.iteration), self.state.epoch_length
+        if self.grad_ratio_interval > 0:
+            return iteration % self.grad_ratio_interval == 0
+        return not length or iteration % int(length) == 0
 
     def _autocast(self):
         device_type = self.state.device.type if self.state.device is not None else "cpu"
@@ -419,6 +597,7 @@ class AdversarialLandmarkTrainer(Trainer):
         use_pose, use_conf = engine.beta != 0.0, engine.alpha != 0.0
         zero = torch.zeros((), device=image.device)
         loss_d_pose = loss_d_conf = loss_adv_pose = loss_adv_conf = zero
+        counts_pose = counts_conf = None
 
         # 1) discriminators: real -> 1, generated (detached) -> fake labels
         if use_pose or use_conf:
@@ -436,9 +615,13 @@ class AdversarialLandmarkTrainer(Trainer):
                 if use_pose:
                     loss_d_pose = discriminator_loss(pose_real, pose_fake, labels, mask)
                     loss_d = loss_d + loss_d_pose
+                    if counts_pose is None:  # judged before this iteration's first update
+                        counts_pose = discriminator_counts(pose_real.detach(), pose_fake.detach(), labels, mask)
                 if use_conf:
                     loss_d_conf = discriminator_loss(conf_real, conf_fake, labels, mask)
                     loss_d = loss_d + loss_d_conf
+                    if counts_conf is None:
+                        counts_conf = discriminator_counts(conf_real.detach(), conf_fake.detach(), labels, mask)
                 loss_d.backward()
                 if use_pose:
                     engine.pose_optimizer.step()
@@ -468,8 +651,13 @@ class AdversarialLandmarkTrainer(Trainer):
                 loss_adv_pose = generator_adversarial_loss(pose_logits, mask)
             if use_conf:
                 loss_adv_conf = generator_adversarial_loss(conf_logits, mask)
-            loss = engine.mse_weight * loss_mse + engine.alpha * loss_adv_conf + engine.beta * loss_adv_pose
+            mse_term = engine.mse_weight * loss_mse
+            adversarial_term = engine.adversarial_scale * (engine.alpha * loss_adv_conf + engine.beta * loss_adv_pose)
+            loss = mse_term + adversarial_term
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
+            grad_ratio = float("nan")
+            if engine._measures_grad_ratio():
+                grad_ratio = gradient_norm_ratio(adversarial_term, mse_term, list(engine.network.parameters()))
             loss.backward()
             engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
             engine.optimizer.step()
@@ -487,6 +675,9 @@ class AdversarialLandmarkTrainer(Trainer):
                 "loss_d_pose": loss_d_pose.detach(),
                 "loss_d_conf": loss_d_conf.detach(),
                 "fake_labels": labels,
+                "grad_ratio": grad_ratio,
+                "pose_counts": counts_pose,
+                "conf_counts": counts_conf,
             }
         )
         engine.fire_event(IterationEvents.MODEL_COMPLETED)

@@ -18,7 +18,8 @@ Two kinds of image exist:
 * ``"lower_limb"``: an AP long-leg radiograph (pelvis, femurs, tibias, fibulas) with 6 landmarks
   (see ``LOWER_LIMB_LANDMARKS``); the patient's right is on the image's left. The physical field
   of view is that of a real long-leg film (about 1044 x 400 mm), so the spacing scales with the
-  image size: 0.143 mm/px at the full 7300 x 2800 px.
+  image size: 0.143 mm/px at the full 7300 x 2800 px. Optional metal implants (hip stems, knee
+  replacements; ``LOWER_LIMB_IMPLANTS``) cover the joints without changing anatomy or landmarks.
 
 Shapes are rendered analytically on a float32 grid of at most ``MAX_RENDER_PIXELS`` pixels and
 upsampled in row chunks (with per-pixel noise) to the output size, so a full-size long-leg image
@@ -45,6 +46,7 @@ __all__ = [
     "DEMO_KINDS",
     "HAND_LANDMARKS",
     "LOWER_LIMB_LANDMARKS",
+    "LOWER_LIMB_IMPLANTS",
     "HAND_DEFAULT_HW",
     "LOWER_LIMB_DEFAULT_HW",
     "LOWER_LIMB_FULL_HW",
@@ -87,6 +89,12 @@ LOWER_LIMB_LANDMARKS = [
     "ankle_left",
 ]
 """Names of the 6 lower-limb landmarks; the patient's right leg is on the image's left."""
+
+LOWER_LIMB_IMPLANTS = ("hip_right", "hip_left", "knee_right", "knee_left")
+"""Metal implants :func:`render_lower_limb` can draw: a hip stem with its ball (centred on the femoral head
+landmark) and a knee replacement (femoral component over the joint space, tibial tray and stem)."""
+METAL_LEVEL = 0.97
+"""Raw grey level of metal before the acquisition model: above any bone, close to saturation."""
 
 DEMO_KINDS = ("hand", "lower_limb")
 HAND_DEFAULT_HW = (400, 320)
@@ -334,6 +342,14 @@ def _fit_into_image(points: np.ndarray, out_hw: Sequence[int], margin: float):
     return scale, centre, shift
 
 
+def _check_implants(implants, what: str) -> tuple[str, ...]:
+    implants = (implants,) if isinstance(implants, str) else tuple(implants or ())
+    unknown = [i for i in implants if i not in LOWER_LIMB_IMPLANTS]
+    if unknown:
+        raise ValueError(f"{what}: unknown implant(s) {unknown}; choose from {list(LOWER_LIMB_IMPLANTS)}.")
+    return implants
+
+
 def _check_hw(image_hw, what: str) -> tuple[int, int]:
     hw = tuple(int(v) for v in image_hw)
     if len(hw) != 2 or min(hw) < 16:
@@ -456,7 +472,7 @@ def lower_limb_spacing(image_hw: Sequence[int]) -> float:
 
 
 def render_lower_limb(rng: np.random.Generator, image_hw: Sequence[int] = LOWER_LIMB_DEFAULT_HW,
-                      spacing: float | None = None):
+                      spacing: float | None = None, implants: Sequence[str] = ()):
     """Render one synthetic AP long-leg radiograph (both legs, patient's right on the image's left).
 
     Args:
@@ -465,6 +481,9 @@ def render_lower_limb(rng: np.random.Generator, image_hw: Sequence[int] = LOWER_
             ``MAX_RENDER_PIXELS`` and upsampled in chunks, well under 1 GB).
         spacing: isotropic mm/px; default ``lower_limb_spacing(image_hw)``. Anatomy that does not
             fit the field of view (a spacing much smaller than the default) is scaled down to fit.
+        implants: any of ``LOWER_LIMB_IMPLANTS``: metal (grey level ``METAL_LEVEL``, brighter than bone)
+            drawn over those joints. Their geometry follows the anatomy and draws nothing from ``rng``, so
+            the same ``rng`` state gives the same anatomy, noise and landmarks with or without implants.
 
     Returns:
         ``(image, points)``: ``image`` uint16 ``(H, W)``, values ``0..MAX_VALUE``, bone bright;
@@ -472,6 +491,7 @@ def render_lower_limb(rng: np.random.Generator, image_hw: Sequence[int] = LOWER_
         of ``LOWER_LIMB_LANDMARKS``.
     """
     out_h, out_w = _check_hw(image_hw, "render_lower_limb")
+    implants = _check_implants(implants, "render_lower_limb")
     spacing = lower_limb_spacing((out_h, out_w)) if spacing is None else float(spacing)
     if not spacing > 0:
         raise ValueError(f"render_lower_limb: spacing must be positive mm/px, got {spacing!r}.")
@@ -586,6 +606,19 @@ def render_lower_limb(rng: np.random.Generator, image_hw: Sequence[int] = LOWER_
     raw = rng.uniform(0.02, 0.05) + rng.uniform(0.15, 0.22) * tissue + rng.uniform(0.34, 0.4) * bone
     heel_effect = np.linspace(1.05, 0.95, canvas.hw[0], dtype=np.float32)[:, None] ** rng.choice([-1.0, 1.0])
     raw *= heel_effect
+    if implants:
+        metal = canvas.zeros()
+        for implant in implants:
+            joint, side = implant.split("_")
+            if joint == "hip":  # ball on the femoral head, neck, stem down the femoral shaft
+                canvas.ellipse(metal, to_px(joints[side][0]), (14 * mm, 14 * mm))
+                canvas.capsule(metal, to_px(joints[side][0]), along(side, 0, 40.0, 40.0), 7 * mm, 9 * mm)
+                canvas.capsule(metal, along(side, 0, 40.0, 40.0), along(side, 0, 190.0, 28.0), 10 * mm, 5 * mm)
+            else:  # femoral component over the joint space, tibial tray, tibial stem
+                canvas.ellipse(metal, along(side, 1, -12.0), (40 * mm, 16 * mm), bone_angle(side, 0))
+                canvas.ellipse(metal, along(side, 1, 9.0), (38 * mm, 5 * mm), bone_angle(side, 1))
+                canvas.capsule(metal, along(side, 1, 10.0), along(side, 1, 70.0), 7 * mm, 5 * mm)
+        raw = np.maximum(raw, METAL_LEVEL * metal)
     image = _finish(canvas, raw, rng, gain_amplitude=rng.uniform(0.05, 0.1), gain_grid=(6, 3))
     return image, points
 
@@ -593,8 +626,8 @@ def render_lower_limb(rng: np.random.Generator, image_hw: Sequence[int] = LOWER_
 # ----------------------------------------------------------------------------- dataset folder
 
 
-def _parameters(kind, num_train, num_valid, num_test, seed, image_hw) -> dict:
-    return {
+def _parameters(kind, num_train, num_valid, num_test, seed, image_hw, implants=()) -> dict:
+    params = {
         "format_version": _FORMAT_VERSION,
         "kind": kind,
         "num_train": int(num_train),
@@ -603,6 +636,9 @@ def _parameters(kind, num_train, num_valid, num_test, seed, image_hw) -> dict:
         "seed": int(seed),
         "image_hw": None if image_hw is None else [int(v) for v in image_hw],
     }
+    if implants:  # only then, so that the markers of existing demo folders stay valid
+        params["implants"] = list(implants)
+    return params
 
 
 def _read_marker(folder: Path) -> dict | None:
@@ -631,7 +667,7 @@ def _write_dataset(folder: Path, params: dict) -> None:
             spacing = []
         else:
             hw = params["image_hw"] or LOWER_LIMB_DEFAULT_HW
-            image, points = render_lower_limb(rng, hw)
+            image, points = render_lower_limb(rng, hw, implants=params.get("implants", ()))
             spacing = [f"{lower_limb_spacing(hw):.9g}"] * 2
         Image.fromarray(image).save(folder / "images" / f"{image_id}.png")
         landmark_rows.append([image_id] + [f"{v:.3f}" for v in points.reshape(-1)])
@@ -663,6 +699,7 @@ def generate_demo_dataset(
     num_test: int = 0,
     seed: int = 0,
     image_hw: Sequence[int] | None = None,
+    implants: Sequence[str] = (),
 ) -> Path:
     """Write a synthetic dataset folder (``images/``, ``landmarks.csv``, ``splits.csv``).
 
@@ -680,6 +717,9 @@ def generate_demo_dataset(
         seed: image ``i`` is drawn from ``numpy.random.default_rng([seed, i])``.
         image_hw: ``(H, W)`` of every image, pixels; default: hand about 400 x 320 varying by up to
             10 % per image, lower limb ``LOWER_LIMB_DEFAULT_HW``.
+        implants: lower limb only: metal implants drawn in every image (``LOWER_LIMB_IMPLANTS``). The images
+            are those of the same arguments without implants, plus the metal (same anatomy and landmarks),
+            e.g. to test a model trained on the plain folder.
 
     Returns:
         the absolute path of the dataset folder.
@@ -696,7 +736,10 @@ def generate_demo_dataset(
         )
     if image_hw is not None:
         image_hw = _check_hw(image_hw, "generate_demo_dataset")
-    params = _parameters(kind, num_train, num_valid, num_test, seed, image_hw)
+    implants = _check_implants(implants, "generate_demo_dataset")
+    if implants and kind != "lower_limb":
+        raise ValueError(f"generate_demo_dataset: implants exist for kind 'lower_limb' only, got kind {kind!r}.")
+    params = _parameters(kind, num_train, num_valid, num_test, seed, image_hw, implants)
 
     out_dir = Path(out_dir).expanduser().absolute()
     old = None
@@ -747,10 +790,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-test", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-hw", type=int, nargs=2, metavar=("H", "W"), default=None)
+    parser.add_argument("--implants", nargs="+", choices=LOWER_LIMB_IMPLANTS, default=(),
+                        help="lower limb: metal implants drawn in every image")
     args = parser.parse_args(argv)
     path = generate_demo_dataset(
         args.out_dir, kind=args.kind, num_train=args.num_train, num_valid=args.num_valid,
-        num_test=args.num_test, seed=args.seed, image_hw=args.image_hw,
+        num_test=args.num_test, seed=args.seed, image_hw=args.image_hw, implants=args.implants,
     )
     print(path)
 

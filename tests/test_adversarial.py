@@ -3,18 +3,25 @@ gradient, the trainer's outputs, and the training workflow through ``python -m m
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from ignite.engine import Events
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from scripts.adversarial import (
     AdversarialLandmarkTrainer,
+    DiscriminatorAccuracy,
+    MeanOfMeasured,
+    discriminator_counts,
     discriminator_loss,
     fake_labels,
     generator_adversarial_loss,
+    gradient_norm_ratio,
     heatmap_to_network_points,
     masked_bce_with_logits,
     network_to_heatmap_points,
@@ -147,7 +154,8 @@ def _batch(hw=(32, 32), batch=2) -> dict:
     }
 
 
-def _trainer(generator=None, *, alpha=1.0, beta=1.0, mse_weight=1.0, g_lr=1e-3, d_lr=1e-3, sigma=1.0, loader=None):
+def _trainer(generator=None, *, alpha=1.0, beta=1.0, mse_weight=1.0, g_lr=1e-3, d_lr=1e-3, sigma=1.0, loader=None,
+             gamma=1.0, **kwargs):
     torch.manual_seed(0)
     generator = generator or StackedHourglass(num_landmarks=K, num_stacks=2, num_channels=8, depth=2)
     pose = PoseDiscriminator(num_landmarks=K, base_channels=4, num_downsamples=2)
@@ -158,7 +166,7 @@ def _trainer(generator=None, *, alpha=1.0, beta=1.0, mse_weight=1.0, g_lr=1e-3, 
         train_data_loader=loader if loader is not None else [_batch()],
         network=generator,
         optimizer=torch.optim.SGD(generator.parameters(), lr=g_lr),
-        loss_function=HeatmapLoss(num_landmarks=K, sigma=sigma, gamma=1.0, reduction="mean"),
+        loss_function=HeatmapLoss(num_landmarks=K, sigma=sigma, gamma=gamma, reduction="mean"),
         pose_discriminator=pose,
         pose_optimizer=torch.optim.SGD(pose.parameters(), lr=d_lr),
         confidence_discriminator=conf,
@@ -166,6 +174,7 @@ def _trainer(generator=None, *, alpha=1.0, beta=1.0, mse_weight=1.0, g_lr=1e-3, 
         alpha=alpha,
         beta=beta,
         mse_weight=mse_weight,
+        **kwargs,
     )
 
 
@@ -251,6 +260,126 @@ def test_distributed_generator_is_rejected():
         _trainer(FakeDDP())
 
 
+# ------------------------------------------------------------------------------- loss balance and monitors
+
+
+def _independent_gradient_norms(trainer, batch) -> tuple[float, float]:
+    """Norms of the generator gradients of the weighted heatmap and adversarial terms, computed here with plain
+    ``backward`` on copies of the networks (the trainer's discriminators must not learn: d_lr = 0)."""
+    generator = copy.deepcopy(trainer.network)
+    pose, conf = copy.deepcopy(trainer.pose_discriminator), copy.deepcopy(trainer.confidence_discriminator)
+    image, points, mask = batch["image"], batch["landmarks"], batch["landmarks_mask"]
+    stacks = generator.forward_stacks(image) if hasattr(generator, "forward_stacks") else [generator(image)]
+    mse = sum(
+        trainer.loss_function(s, {"landmarks": network_to_heatmap_points(points, (32, 32), s.shape[-2:]),
+                                  "landmarks_mask": mask})
+        for s in stacks
+    )
+    fake = normalise_heatmaps_for_discriminator(stacks[-1])
+    adversarial = trainer.adversarial_scale * (
+        trainer.alpha * generator_adversarial_loss(conf(fake), mask)
+        + trainer.beta * generator_adversarial_loss(pose(image, fake), mask)
+    )
+    norms = []
+    for term in (trainer.mse_weight * mse, adversarial):
+        generator.zero_grad(set_to_none=True)
+        term.backward(retain_graph=True)
+        norms.append(math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in generator.parameters() if p.grad is not None)))
+    return norms[0], norms[1]
+
+
+def test_grad_ratio_is_the_ratio_of_real_generator_gradients():
+    batch = _batch()
+    trainer = _trainer(alpha=0.3, beta=0.7, d_lr=0.0)
+    mse_norm, adversarial_norm = _independent_gradient_norms(trainer, batch)
+    assert mse_norm > 0 and adversarial_norm > 0
+    out = trainer._iteration(trainer, batch)
+    assert out["grad_ratio"] == pytest.approx(adversarial_norm / mse_norm, rel=1e-4)
+    # linear in the weights, zero without adversarial terms
+    single = _trainer(alpha=0.3, beta=0.0, d_lr=0.0)._iteration(_trainer(alpha=0.3, beta=0.0, d_lr=0.0), batch)
+    double_trainer = _trainer(alpha=0.6, beta=0.0, d_lr=0.0)
+    double = double_trainer._iteration(double_trainer, batch)
+    assert double["grad_ratio"] == pytest.approx(2 * single["grad_ratio"], rel=1e-4) and single["grad_ratio"] > 0
+    off = _trainer(alpha=0.0, beta=0.0)
+    assert off._iteration(off, batch)["grad_ratio"] == 0.0
+
+
+def test_measuring_the_ratio_does_not_change_the_update():
+    # the same iteration with and without the measurement gives the same generator weights
+    weights = []
+    for interval in (1, 7):  # iteration 0 outside run() is measured by both; 1 -> measured, 7 -> not at iteration 1
+        trainer = _trainer(alpha=0.5, beta=0.5, grad_ratio_interval=interval)
+        trainer.state.iteration, trainer.state.epoch_length = 1, 10
+        out = trainer._iteration(trainer, _batch())
+        assert math.isfinite(out["grad_ratio"]) == (interval == 1)
+        weights.append([p.detach().clone() for p in trainer.network.parameters()])
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(*weights))
+
+
+def test_balance_does_not_depend_on_the_heatmap_peak():
+    # a generator "trained" to peak gamma outputs gamma times the maps of a peak-1 one: with the default
+    # adversarial_scale = gamma**2 the ratio is the same; with a fixed scale it falls as 1 / gamma**2
+    ratios = {}
+    for gamma, scale in ((1.0, None), (10.0, None), (10.0, 1.0)):
+        generator = _MapGenerator()
+        with torch.no_grad():
+            generator.maps.mul_(gamma)
+        trainer = _trainer(generator, alpha=0.5, beta=0.5, d_lr=0.0, gamma=gamma, adversarial_scale=scale)
+        ratios[gamma, scale] = trainer._iteration(trainer, _batch())["grad_ratio"]
+    assert ratios[10.0, None] == pytest.approx(ratios[1.0, None], rel=1e-3)
+    assert ratios[10.0, 1.0] == pytest.approx(ratios[1.0, None] / 100, rel=1e-3)
+
+
+def test_gradient_norm_ratio_handles_terms_without_gradient():
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    assert gradient_norm_ratio((w * 2).sum(), (w**2).sum() / 2, [w]) == pytest.approx(2 * math.sqrt(2) / 5)
+    assert gradient_norm_ratio(torch.zeros(()), (w**2).sum(), [w]) == 0.0
+    assert w.grad is None  # nothing accumulated
+
+
+def test_discriminator_counts_and_accuracies():
+    real = torch.tensor([[2.0, -1.0, 3.0], [0.5, 0.5, -9.0]])
+    fake = torch.tensor([[-2.0, 1.0, 3.0], [0.5, -0.5, 9.0]])
+    labels = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])  # generated landmark close enough -> 1
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the last entry is dropped
+    counts = discriminator_counts(real, fake, labels, mask)
+    # real right: 2.0, 3.0, 0.5, 0.5 -> 4 of 5; generated right: -2 (0), 1 (1), 0.5 (1), -0.5 (0) -> 4 of 5
+    assert counts.tolist() == [4.0, 5.0, 4.0, 5.0]
+    accuracies = {which: DiscriminatorAccuracy("counts", which) for which in ("all", "real", "generated")}
+    for metric in accuracies.values():
+        metric.reset()
+        metric.update(counts)
+        metric.update(None)  # an iteration without this discriminator
+        metric.update(discriminator_counts(-real, fake, labels, mask))  # real now 1 of 5 right
+    assert accuracies["real"].compute() == pytest.approx(5 / 10)
+    assert accuracies["generated"].compute() == pytest.approx(8 / 10)
+    assert accuracies["all"].compute() == pytest.approx(13 / 20)
+    mean = MeanOfMeasured("grad_ratio")
+    mean.reset()
+    assert math.isnan(mean.compute())
+    for value in (0.2, float("nan"), 0.4):
+        mean.update(value)
+    assert mean.compute() == pytest.approx(0.3)
+
+
+def test_monitors_are_in_state_metrics_every_epoch():
+    trainer = _trainer(loader=[_batch(), _batch(), _batch()], grad_ratio_interval=0, alpha=0.0, beta=1.0)
+    seen, measured = [], []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: seen.append(dict(e.state.metrics)))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: measured.append(math.isfinite(e.state.output["grad_ratio"]))
+    )
+    trainer.state.max_epochs = 2
+    trainer.run()
+    assert measured == [False, False, True] * 2  # the last iteration of each epoch
+    assert len(seen) == 2
+    for metrics in seen:
+        assert metrics["adversarial/grad_ratio"] > 0
+        assert 0.0 <= metrics["adversarial/pose_acc"] <= 1.0
+        assert {"adversarial/pose_acc_real", "adversarial/pose_acc_generated"} <= set(metrics)
+        assert not any(k.startswith("adversarial/conf") for k in metrics)  # alpha = 0: no confidence discriminator
+
+
 # ------------------------------------------------------------------------------------------------ the workflow
 
 TRAIN = "configs/train.json"
@@ -290,6 +419,13 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
     }
     log = run_bundle("training", ADVERSARIAL, values)  # the single-file form
     assert "Best validation mean point error (network px)" in log
+    # the balance monitors reach the console and TensorBoard every epoch
+    assert "adversarial/grad_ratio" in log and "adversarial/pose_acc" in log and "adversarial/conf_acc" in log
+    events = EventAccumulator(str(tmp_path / "runs")).Reload()
+    for tag in ("adversarial/grad_ratio", "adversarial/pose_acc", "adversarial/conf_acc"):
+        assert tag in events.Tags()["scalars"], tag
+    ratio = events.Scalars("adversarial/grad_ratio")
+    assert [e.step for e in ratio] == [1] and 0 < ratio[0].value < math.inf
     generator = StackedHourglass(num_landmarks=37, num_channels=8, depth=2)
     generator.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True))
     assert generator.eval()(torch.zeros(1, 1, 64, 64)).shape == (1, 37, 64, 64)

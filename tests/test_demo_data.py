@@ -291,3 +291,35 @@ def test_folder_validates_through_dataset_loader(tmp_path):
     assert item["spacing"] == pytest.approx([lower_limb_spacing(SMALL_LIMB_HW)] * 2)
     _, rows = read_csv(folder / "landmarks.csv")
     np.testing.assert_allclose(item["landmarks"], np.array(rows[1][1:], dtype=np.float32).reshape(6, 2))
+
+
+def test_lower_limb_implants_cover_their_joints_and_change_nothing_else(tmp_path):
+    hw = SMALL_LIMB_HW
+    plain, points = render_lower_limb(np.random.default_rng(5), hw)
+    metal, same_points = render_lower_limb(np.random.default_rng(5), hw, implants=("hip_right", "knee_left"))
+    assert np.array_equal(points, same_points)
+    changed = metal != plain
+    assert 0 < changed.mean() < 0.05  # only around the two implants
+    # metal: brighter than any bone of the plain image, over the right femoral head and the left knee
+    right_head, left_knee = LOWER_LIMB_LANDMARKS.index("femoral_head_right"), LOWER_LIMB_LANDMARKS.index("knee_left")
+    for k in (right_head, left_knee):
+        on_metal, on_bone = (disc_mean(im.astype(np.float64), points[k], 2.0) for im in (metal, plain))
+        assert on_metal > 0.8 * MAX_VALUE and on_metal > 1.15 * on_bone
+    for k in set(range(6)) - {right_head, left_knee}:  # the other joints are untouched
+        x, y = np.round(points[k]).astype(int)
+        assert np.array_equal(metal[y - 5:y + 6, x - 5:x + 6], plain[y - 5:y + 6, x - 5:x + 6])
+    with pytest.raises(ValueError, match="unknown implant"):
+        render_lower_limb(np.random.default_rng(5), hw, implants=("shoulder_left",))
+
+    # folders: same landmarks as the plain folder, the implants recorded in the marker
+    kwargs = {"kind": "lower_limb", "num_train": 1, "num_valid": 1, "image_hw": hw, "seed": 2}
+    a = generate_demo_dataset(tmp_path / "plain", **kwargs)
+    b = generate_demo_dataset(tmp_path / "implants", implants=["knee_right"], **kwargs)
+    assert filecmp.cmp(a / "landmarks.csv", b / "landmarks.csv", shallow=False)
+    assert not filecmp.cmp(a / "images" / "limb_0001.png", b / "images" / "limb_0001.png", shallow=False)
+    assert "knee_right" in (b / ".complete").read_text() and "implants" not in (a / ".complete").read_text()
+    with pytest.raises(ValueError, match="lower_limb"):
+        generate_demo_dataset(tmp_path / "hand", kind="hand", num_train=1, num_valid=0, implants=["knee_right"])
+    demo_data.main([str(tmp_path / "cli"), "--kind", "lower_limb", "--num-train", "1", "--num-valid", "0",
+                    "--image-hw", *map(str, hw), "--implants", "hip_left"])
+    assert "hip_left" in (tmp_path / "cli" / ".complete").read_text()
