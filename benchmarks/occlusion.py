@@ -10,8 +10,8 @@ Datasets (``--datasets``):
 * ``hand``: the real hand radiographs (``--dataset_dir``, default ``../shared/data/hand-ipilab``; skipped
   with a message where absent), preset ``hand``, evaluated on ``--hand-eval-split`` (``valid``).
 * ``lower_limb``: synthetic long-leg radiographs (``scripts/demo_data.py``, seed 0, 32 train / 8 valid /
-  8 test images of 1024 x 400 px), preset ``lower_limb``; checkpoints are selected on ``valid`` and
-  evaluated on ``test``.
+  8 test images of 1024 x 400 px), preset ``lower_limb``; checkpoints are selected on a tuning subset of
+  ``train`` and evaluated on ``test``.
 
 Occlusions (deterministic functions of each image's annotation; applied at evaluation only, to copies
 written under ``--out``; the inputs are never modified):
@@ -40,8 +40,8 @@ annotated position. The same measures are also given for the *occluded landmarks
 annotation lies under the occluder or outside the collimated field; the implanted joints for the lower
 limb).
 
-Training protocol: ``real_hand.py`` as it is (``--real-hand-arg`` passes extra arguments to it, e.g. a
-tuning-split option); the seed goes in through the config's ``initialize`` (``set_determinism(seed=K)``).
+Training protocol: ``real_hand.py``'s (checkpoint selected on a tuning subset carved from ``train``,
+never on the evaluated split; ``--real-hand-arg`` passes extra arguments to it), one seed per call.
 ``--skip-training`` reuses the checkpoints already under ``--out``.
 
 Example (the lead's full run, about 80 minutes on 2 cores)::
@@ -284,28 +284,21 @@ def measure(per_point_csv: Path, groups: dict, occluded: dict[str, list[int]] | 
 # ------------------------------------------------------------------------------------------ train, evaluate
 
 
-def seed_overrides(config: str, seed: int) -> list[str]:
-    """``--override`` of the config's ``initialize`` with ``set_determinism(seed=...)`` set to ``seed``."""
-    initialize = json.loads((ROOT / "configs" / "train.json").read_text())["initialize"]
-    if not any("set_determinism(seed=0)" in step for step in initialize):
-        raise SystemExit("occlusion: configs/train.json's initialize has no set_determinism(seed=0) to reseed.")
-    return ["initialize=" + json.dumps([s.replace("set_determinism(seed=0)", f"set_determinism(seed={seed})") for s in initialize])]
-
-
 def train(method: str, seed: int, dataset_dir: Path, preset: str, budget: float, out: Path, args) -> Path:
-    """Train ``method`` with ``real_hand.py`` at a wall-clock budget; return its folder (``models/model.pt``)."""
+    """Train ``method`` with ``real_hand.py`` (one seed, checkpoint selected on its tuning subset carved
+    from ``train``) at a wall-clock budget; return the seed's folder (``models/model.pt``, ``result.json``)."""
     _, config, overrides = METHODS[method]
     cmd = [sys.executable, str(ROOT / "benchmarks" / "real_hand.py"), "--dataset_dir", str(dataset_dir),
            "--budget-minutes", str(budget), "--preset", preset, "--config", config, "--out", str(out),
-           "--report-minutes", str(budget)]
+           "--report-minutes", str(budget), "--seeds", str(seed)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    for item in overrides + seed_overrides(config, seed) + args.override:
+    for item in overrides + args.override:
         cmd += ["--override", item]
     cmd += args.real_hand_arg
     print(f"\n=== train {method} seed {seed}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
-    return out
+    return out / f"seed{seed}"
 
 
 def evaluate(method: str, ckpt: Path, dataset_dir: Path, split: str, preset: str, reference_image, eval_dir: Path) -> Path:
@@ -362,9 +355,9 @@ def run_dataset(dataset: str, args, out: Path) -> list[dict]:
     rows = []
     for method in args.methods:
         for seed in args.seeds:
-            run_dir = out / "train" / f"{method}_seed{seed}"
+            run_dir = out / "train" / method / f"seed{seed}"
             if not args.skip_training:
-                train(method, seed, dataset_dir, preset, budget, run_dir, args)
+                train(method, seed, dataset_dir, preset, budget, run_dir.parent, args)
             ckpt = run_dir / "models" / "model.pt"
             if not ckpt.is_file():
                 raise SystemExit(f"occlusion: no checkpoint {ckpt}; train first (drop --skip-training).")
