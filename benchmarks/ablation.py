@@ -3,7 +3,7 @@
 Every row is one ``benchmarks/real_hand.py`` run (honest protocol: selection on 10 tuning images
 carved from ``train``, report on ``valid``; ``--seeds`` seeds; ``--budget-minutes`` per seed). The
 decoding change needs no run of its own: every run evaluates its checkpoint with both decoders
-(``eval/valid`` Gaussian window fit, ``eval/valid_parabola`` parabola), so the table has both.
+(``eval/valid`` parabola, ``eval/valid_gaussian_fit`` window Gaussian fit), so the table has both.
 
 Run each row alone on the machine (a run beside another job gets about half the iterations)::
 
@@ -49,7 +49,7 @@ def command(row: str, args) -> str:
 
 def table(args) -> str:
     header = ("| row | change | valid IPE px@256 (mean ± SD over seeds) | outliers >10 px@256 / image | "
-              "IPE with parabola decoding | command |")
+              "IPE with Gaussian-fit decoding | command |")
     lines = [header, "| --- | --- | --- | --- | --- | --- |"]
     for row, (what, _) in ROWS.items():
         path = Path(args.out) / row / "summary.json"
@@ -62,7 +62,7 @@ def table(args) -> str:
                 return "n/a" if s is None else f"{s['mean']:.3f} ± {s['sd']:.3f}"
 
             cells = [cell("valid", "ipe_px256"), cell("valid", "outliers_px256_10"),
-                     cell("valid_parabola", "ipe_px256")]
+                     cell("valid_gaussian_fit", "ipe_px256")]
         lines.append(f"| {row} | {what} | " + " | ".join(cells) + f" | `{command(row, args)}` |")
     return "\n".join(lines)
 

@@ -18,8 +18,8 @@ Writes, under ``--out``/``seed<k>``:
 
 * ``learning_curve.csv`` / ``learning_curve.png``: tuning-subset error against training minutes;
 * ``budgets.csv``: the best tuning-subset error reached within each budget in ``--report-minutes``;
-* ``eval/<split>/`` (decoding of the config, the window Gaussian fit) and ``eval/<split>_parabola/``
-  (the same checkpoint decoded with the parabola): the full evaluation report;
+* ``eval/<split>/`` (the default decoder, the parabola) and ``eval/<split>_gaussian_fit/`` (the same
+  checkpoint decoded with the 5x5 window Gaussian fit): the full evaluation report;
 * ``models/``: ``model.pt`` (best on the tuning subset) and ``last.ckpt``;
 
 and ``--out``/``summary.json`` with every seed and the mean / SD / min / max over seeds.

@@ -165,8 +165,10 @@ def _gaussian_fit_offset(flat: torch.Tensor, row: torch.Tensor, col: torch.Tenso
 
 DECODE_METHODS = ("parabola", "gaussian_fit")
 #: method of :func:`decode_heatmaps` when none is given (validation, evaluation, inference). The window
-#: fit measured 3-5x lower errors than the parabola at moderate noise (``benchmarks/decoding.py``).
-DEFAULT_DECODE_METHOD = "gaussian_fit"
+#: fit measured 3-5x lower errors than the parabola on noisy Gaussian maps (``benchmarks/decoding.py``),
+#: but it is worse on the bicubically up-sampled stride-4 maps of the hourglass (their log is not a
+#: quadratic), so the parabola stays the default until the real-data ablation decides.
+DEFAULT_DECODE_METHOD = "parabola"
 
 
 def decode_heatmaps(heatmaps: torch.Tensor, method: str | None = None, window: int = 5) -> tuple[torch.Tensor, torch.Tensor]:

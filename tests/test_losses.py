@@ -201,7 +201,7 @@ def _sigma_after_short_run(dataset, work, normalize: bool) -> torch.Tensor:
     values = {
         "num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 2.0,
         "dataset_dir": str(dataset), "ckpt_dir": str(work / "models"), "output_dir": str(work / "runs"),
-        "max_epochs": 10, "val_interval": 10, "learnable_sigma": True,
+        "max_epochs": 10, "val_interval": 10, "learnable_sigma": True, "lr_schedule": "none",
         # a high learning rate, so that 60 iterations move sigma as far as a long run at 1e-4 would
         "learning_rate": 0.01,
         "loss": "$scripts.losses.HeatmapLoss(num_landmarks=@num_landmarks, sigma=@sigma, gamma=@gamma, "

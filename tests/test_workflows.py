@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from scripts.demo_data import generate_demo_dataset
-from scripts.networks.scn import SCN_VARIANTS, SpatialConfigurationNet
+from scripts.networks.scn import SpatialConfigurationNet
 from tests.helpers import run_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def _train_values(dataset: Path, work: Path, **extra) -> dict:
 
 
 def _load_network(path: Path) -> torch.nn.Module:
-    net = SpatialConfigurationNet(num_landmarks=37, num_filters=8, **SCN_VARIANTS["fast"])  # demo_hand preset
+    net = SpatialConfigurationNet(num_landmarks=37, num_filters=8)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()
 
