@@ -9,7 +9,9 @@ not a cut-off one. Without a budget it is an ordinary per-iteration warm-up + co
 ``max_epochs``.
 
 Its ``state_dict`` / ``load_state_dict`` keep the elapsed training time, so a resumed run (``last.ckpt``)
-continues the schedule where it stopped instead of starting the budget again.
+continues the schedule where it stopped instead of starting the budget again. The trainer carries that
+state itself (ignite's ``state_dict_user_keys``, key :data:`TRAINER_STATE_KEY`), so whatever saves and
+loads the trainer (``scripts.engines.LastCheckpoint``) saves and resumes the schedule with it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,10 @@ import time
 
 from ignite.engine import Engine, Events
 
-__all__ = ["schedule_factor", "BudgetLrSchedule"]
+__all__ = ["TRAINER_STATE_KEY", "schedule_factor", "BudgetLrSchedule"]
+
+#: ``engine.state`` attribute (saved with the trainer's ``state_dict``) holding :meth:`BudgetLrSchedule.state_dict`
+TRAINER_STATE_KEY = "lr_budget"
 
 
 def schedule_factor(progress: float, warmup_fraction: float = 0.05, final_factor: float = 0.0,
@@ -96,6 +101,7 @@ class BudgetLrSchedule:
         self.reserve_s = 0.0
         self.ended_by_budget = False
         self._start = None
+        self._resume_checked = False
         self.logger = logging.getLogger(self.__class__.__name__)
 
     # ------------------------------------------------------------------ state
@@ -113,9 +119,14 @@ class BudgetLrSchedule:
 
     # ------------------------------------------------------------------ engine
     def attach(self, engine: Engine) -> None:
+        if TRAINER_STATE_KEY not in engine.state_dict_user_keys:
+            engine.state_dict_user_keys.append(TRAINER_STATE_KEY)
+        setattr(engine.state, TRAINER_STATE_KEY, None)
         engine.add_event_handler(Events.STARTED, self._started)
-        engine.add_event_handler(Events.ITERATION_STARTED, self._set_lr)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._resume_and_set_lr)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._check_budget)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._publish)
+        engine.add_event_handler(Events.COMPLETED, self._publish)
         engine.add_event_handler(Events.COMPLETED, self._final_validation)
         if self.validator is not None:
             self.validator.add_event_handler(Events.STARTED, self._validation_started)
@@ -140,7 +151,21 @@ class BudgetLrSchedule:
     def _started(self, engine: Engine) -> None:
         self._start = self.clock()
         self.ended_by_budget = False
+        self._resume_checked = False
+        setattr(engine.state, TRAINER_STATE_KEY, None)  # a resumed trainer state (loaded after this) fills it
+
+    def _resume_and_set_lr(self, engine: Engine) -> None:
+        if not self._resume_checked:  # first iteration: every STARTED handler (the resume) has run
+            self._resume_checked = True
+            saved = getattr(engine.state, TRAINER_STATE_KEY, None)
+            if saved:
+                self.load_state_dict(saved)
+                self.logger.info(f"resumed the learning-rate schedule after {self.elapsed_before_s / 60:.1f} min")
         self._set_lr(engine)
+
+    def _publish(self, engine: Engine) -> None:
+        """Put the schedule's state on the trainer, where its ``state_dict`` (the checkpoint) finds it."""
+        setattr(engine.state, TRAINER_STATE_KEY, self.state_dict())
 
     def _set_lr(self, engine: Engine) -> None:
         if self.shape == "none":

@@ -140,8 +140,14 @@ def test_max_minutes_ends_a_bundle_run_with_lr_near_zero(tiny_dataset, tmp_path)
     log = run_bundle("training", ["configs/train.json"], values)
     assert re.search(r"time budget of 0\.1 min spent after \d+ iterations", log), log[-2000:]
     assert "Best validation mean point error (network px)" in log
-    state = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["trainer"]["iteration"] < 1000 * state["trainer"]["epoch_length"]
     lr = state["optimizer"]["param_groups"][0]["lr"]
     assert 0.0 <= lr < 0.02 * 1e-4  # the cosine reached ~0 when the budget ended
     assert (tmp_path / "models" / "model.pt").is_file()
+    # the trainer's state in last.ckpt carries the schedule: a resumed run finds the budget spent
+    assert state["trainer"]["lr_budget"]["elapsed_s"] >= 0.15 * 60 - state["trainer"]["lr_budget"]["reserve_s"]
+    log = run_bundle("training", ["configs/train.json"], {**values, "resume": True})
+    assert re.search(r"resumed the learning-rate schedule after 0\.[12] min", log), log[-2000:]
+    done = state["trainer"]["iteration"]
+    assert re.search(rf"time budget of 0\.1 min spent after {done + 1} iterations", log), log[-2000:]
