@@ -219,12 +219,15 @@ def train(base: str, bundle: Path, timeout: float) -> dict:
     if r.status_code != 200:
         fail(f"train: HTTP {r.status_code}: {r.text[:2000]}")
     deadline = time.monotonic() + timeout
-    while requests.get(f"{base}/train/", params={"check_if_running": "true"}, timeout=30).status_code == 200:
+    # poll the task's own status: check_if_running can answer "not running" before the task's process is up
+    while True:
+        task = requests.get(f"{base}/train/", timeout=30).json()
+        if isinstance(task, dict) and task.get("status") not in (None, "", "RUNNING"):
+            break
         if time.monotonic() > deadline:
             fail(f"train: still running after {timeout:.0f} s")
         time.sleep(2)
     seconds = time.perf_counter() - start
-    task = requests.get(f"{base}/train/", timeout=30).json()
     details = task.get("details", []) if isinstance(task, dict) else []
     if not isinstance(task, dict) or task.get("status") != "DONE":
         state = task.get("status") if isinstance(task, dict) else task
