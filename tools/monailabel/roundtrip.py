@@ -222,7 +222,7 @@ def train(base: str, bundle: Path, timeout: float) -> dict:
     # poll the task's own status: check_if_running can answer "not running" before the task's process is up
     while True:
         task = requests.get(f"{base}/train/", timeout=30).json()
-        if isinstance(task, dict) and task.get("status") not in (None, "", "RUNNING"):
+        if isinstance(task, dict) and task.get("status") not in (None, "", "SUBMITTED", "RUNNING"):
             break
         if time.monotonic() > deadline:
             fail(f"train: still running after {timeout:.0f} s")
