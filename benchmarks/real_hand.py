@@ -135,7 +135,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
         "tune_fraction": args.tune_fraction,
         "max_minutes": args.budget_minutes,
         "lr_schedule": args.lr_schedule,
-        "initialize#0": f"$monai.utils.set_determinism(seed={seed})",
+        "seed": seed,
     }
     if args.sigma is not None:
         overrides[f"presets#{args.preset}#sigma"] = args.sigma
