@@ -209,7 +209,7 @@ def _sigma_after_short_run(dataset, work, normalize: bool) -> torch.Tensor:
                 f"normalize_target={normalize}).to(@device)",
     }
     run_bundle("training", ["configs/train.json"], values)
-    state = torch.load(work / "models" / "last.ckpt", map_location="cpu", weights_only=False)
+    state = torch.load(work / "models" / "last.ckpt", map_location="cpu", weights_only=True)
     return state["loss"]["log_sigma"].exp()
 
 
