@@ -1,4 +1,4 @@
-"""Tests of scripts.io on real files of every supported format written to tmp_path."""
+"""Tests of scripts.data.image_reader on real files of every supported format written to tmp_path."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydicom.encaps import encapsulate
 from pydicom import uid
 from pydicom.uid import JPEGLSLossless, RLELossless
 
-from scripts.io import (
+from scripts.data.image_reader import (
     IMAGE_SUFFIXES,
     ImageReadError,
     image_suffix,

@@ -1,4 +1,4 @@
-"""Tests of scripts.data: dataset folders written to tmp_path, and the real hand-ipilab folder."""
+"""Tests of scripts.data.datasets: dataset folders read into validated datalists, splits and the tuning subset."""
 
 from __future__ import annotations
 
@@ -9,20 +9,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from monai.bundle import ConfigParser
 from PIL import Image
 
-from scripts.data import DatasetError, LandmarkDataset, default_split, load_datalist
-from tests.helpers import write_dicom
+from scripts.data.datasets import DatasetError, LandmarkDataset, default_split, load_datalist, split_off_tuning
+from scripts.data.synthetic import generate_demo_dataset
+from tests.helpers import BUNDLE_ROOT, write_dicom
+
 
 HAND_DIR = Path("/work/shared/data/hand-ipilab")
 
+
 # id -> (H, W); a1 is a PNG, b2 an MHA, c3 a DICOM without suffix
 SIZES = {"a1": (30, 40), "b2": (20, 50), "c3": (30, 30)}
+
+
 LANDMARKS = """id,x0,y0,x1,y1
 a1,-0.5,2,39.5,29.5
 b2,,,10,5
 c3,3,4,5.25,6
 """
+
+
 SPLITS = """id,split,width,height,spacing_x,spacing_y
 a1,train,40,30,0.1,0.2
 b2,valid,50,20,,
@@ -122,10 +130,6 @@ def test_check_bounds_false_skips_image_reading(tmp_path):
         LandmarkDataset(root)
     dataset = LandmarkDataset(root, check_bounds=False)
     assert dataset.datalist("train")[0]["landmarks"][0, 0] == 400
-
-
-# ---------------------------------------------------------------------------------------------
-# bad annotations: each case edits the valid dataset and names (file, row, problem) expected
 
 
 def _replace(name, old, new):
@@ -255,10 +259,6 @@ def test_missing_landmarks_csv_and_images_folder(tmp_path):
         LandmarkDataset(tmp_path / "nowhere")
 
 
-# ---------------------------------------------------------------------------------------------
-# the real dataset
-
-
 def test_real_hand_dataset_loads():
     if not HAND_DIR.is_dir():
         pytest.skip(f"{HAND_DIR} is absent")
@@ -270,3 +270,39 @@ def test_real_hand_dataset_loads():
         assert item["landmarks"].shape == (37, 2) and not np.isnan(item["landmarks"]).any()
         assert item["image"].endswith(f"{item['id']}.jpg") and os.path.isfile(item["image"])
         assert item["spacing"] is None
+
+
+TINY = {"num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 1.5}
+
+
+def test_split_off_tuning_is_deterministic_disjoint_and_order_free():
+    items = [{"id": str(i)} for i in range(91)]
+    rest, tune = split_off_tuning(items, 0.11)
+    assert len(tune) == 10 and len(rest) == 81
+    assert {d["id"] for d in rest}.isdisjoint({d["id"] for d in tune})
+    rest2, tune2 = split_off_tuning(list(reversed(items)), 0.11)
+    assert {d["id"] for d in tune2} == {d["id"] for d in tune}
+    assert split_off_tuning(items, 0.0) == (items, [])
+    assert len(split_off_tuning(items[:3], 0.01)[1]) == 1
+    with pytest.raises(ValueError, match="tune_fraction"):
+        split_off_tuning(items, 1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data") / "demo_hand"
+    generate_demo_dataset(out, kind="hand", num_train=6, num_valid=2, seed=3)
+    return out
+
+
+def test_config_selects_on_tuning_subset_of_train_and_never_on_valid(tiny_dataset):
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
+    parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(tiny_dataset), "tune_fraction": 0.34})
+    train_ids = {d["id"] for d in parser.get_parsed_content("train#dataset#data")}
+    val_ids = {d["id"] for d in parser.get_parsed_content("validate#dataset#data")}
+    source = LandmarkDataset(str(tiny_dataset))
+    all_train = {d["id"] for d in source.datalist("train")}
+    valid = {d["id"] for d in source.datalist("valid")}
+    assert len(val_ids) == 2 and val_ids <= all_train and val_ids.isdisjoint(valid)
+    assert train_ids == all_train - val_ids

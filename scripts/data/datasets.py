@@ -2,7 +2,7 @@
 
 A dataset folder holds
 
-* ``images/``: one file per image named ``<id>.<suffix>`` in any format of :mod:`scripts.io`
+* ``images/``: one file per image named ``<id>.<suffix>`` in any format of :mod:`scripts.data.image_reader`
   (``.png``, ``.jpg``, ``.dcm``, ``.nii.gz``, ...), or ``<id>`` alone for a DICOM file;
 * ``landmarks.csv``: header ``id,x0,y0,x1,y1,...`` (or ``id,<name>_x,<name>_y,...``), one row per
   image, coordinates ``(x, y)`` = (column, row) in original pixels as in :mod:`scripts.coords`;
@@ -13,7 +13,7 @@ A dataset folder holds
 
 Everything is parsed and checked when a :class:`LandmarkDataset` is built; any problem raises a
 :class:`DatasetError` naming the file, the data row (1-based, with its line and id) and the problem.
-Landmark bounds are checked against image headers only (:func:`scripts.io.read_image_size`).
+Landmark bounds are checked against image headers only (:func:`scripts.data.image_reader.read_image_size`).
 
 A datalist item is ``{"id": str, "image": absolute path, "landmarks": (N, 2) float32 with NaN rows
 for missing landmarks, "spacing": [sx, sy] mm/px from splits.csv or None}``.
@@ -26,16 +26,16 @@ import hashlib
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from scripts.coords import inside_image
-from scripts.io import ImageReadError, image_suffix, is_image_candidate, read_image_size
+from scripts.data.image_reader import ImageReadError, image_suffix, is_image_candidate, read_image_size
+from scripts.keys import LandmarkKeys
 
-__all__ = ["DatasetError", "LandmarkDataset", "load_datalist", "default_split", "split_off_tuning", "keep_reference_image"]
+__all__ = ["DatasetError", "LandmarkDataset", "load_datalist", "default_split", "split_off_tuning"]
 
 logger = logging.getLogger(__name__)
 
@@ -269,8 +269,8 @@ def split_off_tuning(datalist: list[dict], fraction: float) -> tuple[list[dict],
         return list(datalist), []
     count = min(max(1, round(fraction * len(datalist))), len(datalist) - 1)
     ranked = sorted(datalist, key=lambda d: hashlib.sha1(f"tune:{d['id']}".encode("utf-8")).digest())
-    tuning_ids = {d["id"] for d in ranked[:count]}
-    return [d for d in datalist if d["id"] not in tuning_ids], [d for d in datalist if d["id"] in tuning_ids]
+    tuning_ids = {d[LandmarkKeys.ID] for d in ranked[:count]}
+    return [d for d in datalist if d[LandmarkKeys.ID] not in tuning_ids], [d for d in datalist if d[LandmarkKeys.ID] in tuning_ids]
 
 
 def _scan_images(images_dir: Path) -> dict[str, Path]:
@@ -424,10 +424,10 @@ class LandmarkDataset:
             )
         return [
             {
-                "id": row_id,
-                "image": str(self._images[row_id]),
-                "landmarks": self._landmarks[row_id].copy(),
-                "spacing": None if self._spacing[row_id] is None else list(self._spacing[row_id]),
+                LandmarkKeys.ID: row_id,
+                LandmarkKeys.IMAGE: str(self._images[row_id]),
+                LandmarkKeys.LANDMARKS: self._landmarks[row_id].copy(),
+                LandmarkKeys.SPACING: None if self._spacing[row_id] is None else list(self._spacing[row_id]),
             }
             for row_id in self.splits[split]
         ]
@@ -463,23 +463,3 @@ def load_datalist(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
             del _CACHE[stale]
         _CACHE[key] = LandmarkDataset(folder)
     return _CACHE[key].datalist(split)
-
-
-def keep_reference_image(reference_image: str | os.PathLike | None, ckpt_dir: str | os.PathLike) -> str | None:
-    """Copy the histogram-matching reference image next to the checkpoints (``ckpt_dir``).
-
-    Inference has no training data at hand; it reads the reference from the model folder, so a
-    trained model folder is complete on its own. Does nothing when ``reference_image`` is None.
-    Returns the copy's path.
-    """
-    if reference_image is None:
-        return None
-    source = Path(reference_image)
-    if not source.is_file():
-        raise FileNotFoundError(f"{source}: histogram-matching reference image not found (set --reference_image).")
-    target = Path(ckpt_dir) / source.name
-    if target.resolve() != source.resolve():
-        from scripts.writers import atomic_write  # atomic and durable, like every file under models/
-
-        atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
-    return str(target)
