@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scripts.writers import LandmarkResult, write_text
+from scripts.writers.files import PathLike, write_text
+from scripts.writers.landmarks import LandmarkResult
 
 __all__ = [
     "MARKUPS_SCHEMA_URL",
@@ -46,7 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PathLike = str | os.PathLike
 
 #: the ``@schema`` of the files written (3D Slicer's markups schema v1.0.3).
 MARKUPS_SCHEMA_URL = (

@@ -1,4 +1,4 @@
-"""3D Slicer markups (scripts.slicer_markups) and the exports of folder inference.
+"""3D Slicer markups (scripts.writers.slicer_markups) and the exports of folder inference.
 
 The markups are validated with jsonschema against the required fields, types and enumerations of
 3D Slicer's markups schema v1.0.3 (restated below; Slicer's file itself is not copied into this
@@ -25,8 +25,8 @@ from PIL import Image
 
 from scripts.coords import apply_matrix
 from scripts.provenance import bundle_version, file_sha256
-from scripts.slicer_markups import PIXEL_UNITS, ImageFrame, image_frame, markups_document, points_to_lps
-from scripts.writers import LandmarkResult
+from scripts.writers.landmarks import LandmarkResult
+from scripts.writers.slicer_markups import PIXEL_UNITS, ImageFrame, image_frame, markups_document, points_to_lps
 from tests.helpers import write_dicom
 from tests.test_inference import FixedPeakNet, workflow
 
@@ -178,7 +178,7 @@ def test_folder_inference_exports(tmp_path):
     import highdicom as hd
     import pydicom
 
-    from scripts.dicom_sr import scoord_to_pixel
+    from scripts.writers.dicom_sr import scoord_to_pixel
     from scripts.measurements import LowerLimbMeasurements
 
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -284,7 +284,7 @@ def test_mixed_folder_through_the_cli_writes_markups_and_srs(tmp_path):
 
     import highdicom as hd
 
-    from scripts.dicom_sr import scoord_to_pixel
+    from scripts.writers.dicom_sr import scoord_to_pixel
     from tests.helpers import tiny_checkpoint
     from tests.test_inference import make_mixed_folder
 

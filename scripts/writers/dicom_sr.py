@@ -31,11 +31,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from scripts.writers import LandmarkResult, atomic_write
+from scripts.writers.files import PathLike, atomic_write
+from scripts.writers.landmarks import LandmarkResult
 
 __all__ = ["is_dicom", "require_highdicom", "PRIVATE_SCHEME", "pixel_to_scoord", "scoord_to_pixel", "landmark_report", "write_landmark_sr"]
 
-PathLike = str | os.PathLike
 
 PRIVATE_SCHEME = "99XRLM"
 _ALGORITHM_NAME = "X-ray landmark detection bundle"
@@ -48,10 +48,10 @@ _LOWER_LIMB_QUANTITIES = {
 
 
 def is_dicom(path: PathLike) -> bool:
-    """Whether ``path`` is a DICOM file: a ``.dcm``/``.dicom`` suffix or the ``DICM`` magic (as :mod:`scripts.io`)."""
+    """Whether ``path`` is a DICOM file: a ``.dcm``/``.dicom`` suffix or the ``DICM`` magic (as :mod:`scripts.data.image_reader`)."""
     from pydicom.misc import is_dicom as has_dicom_magic
 
-    from scripts.io import image_suffix
+    from scripts.data.image_reader import image_suffix
 
     if image_suffix(path) in (".dcm", ".dicom"):
         return True

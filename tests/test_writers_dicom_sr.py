@@ -1,4 +1,4 @@
-"""DICOM SR of one image's landmarks (scripts.dicom_sr), written and read back with pydicom and highdicom."""
+"""DICOM SR of one image's landmarks (scripts.writers.dicom_sr), written and read back with pydicom and highdicom."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from scripts.dicom_sr import is_dicom, pixel_to_scoord, scoord_to_pixel, write_landmark_sr
-from scripts.writers import LandmarkResult
+from scripts.writers.dicom_sr import is_dicom, pixel_to_scoord, scoord_to_pixel, write_landmark_sr
+from scripts.writers.landmarks import LandmarkResult
 from tests.helpers import write_dicom
 
 hd = pytest.importorskip("highdicom")
@@ -70,7 +70,7 @@ def test_refuses_a_dicom_without_uids(tmp_path):
 
 def test_is_dicom_and_coordinate_round_trip(tmp_path):
     assert is_dicom(write_dicom(tmp_path / "no_suffix", np.zeros((4, 4), np.uint16)))
-    assert is_dicom(tmp_path / "named.dcm")  # by suffix, as scripts.io
+    assert is_dicom(tmp_path / "named.dcm")  # by suffix, as scripts.data.image_reader
     (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     assert not is_dicom(tmp_path / "a.png")
     points = np.array([[1.25, -0.5], [np.nan, np.nan]])
@@ -82,9 +82,9 @@ def test_bundle_works_without_highdicom_and_mlflow(tmp_path):
     import, and folder inference with SRs on stops at once with an error that says what to do."""
     code = (
         "import sys; sys.modules['highdicom'] = None; sys.modules['mlflow'] = None\n"
-        "import scripts.inference, scripts.dicom_sr, scripts.slicer_markups, scripts.measurements\n"
+        "import scripts.inference, scripts.writers.dicom_sr, scripts.writers.slicer_markups, scripts.measurements\n"
         "try:\n"
-        "    scripts.dicom_sr.require_highdicom()\n"
+        "    scripts.writers.dicom_sr.require_highdicom()\n"
         "except ImportError as err:\n"
         "    print('ERROR', err)\n"
     )

@@ -1,0 +1,37 @@
+"""Tests of scripts.writers.images: the shrunk preview and the overlay PNG written and read back.
+
+(The overlay drawing itself is also exercised by tests/test_inference.py.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from scripts.coords import apply_matrix, resize_matrix
+from scripts.writers.images import downscale_image, write_overlay_png
+
+
+def test_downscale_keeps_small_images_and_shrinks_large_ones_with_the_mean_kept():
+    small = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    kept = downscale_image(small, 10)
+    assert kept.dtype == np.float32 and np.array_equal(kept, small)
+    large = np.random.default_rng(0).uniform(0, 100, size=(900, 300)).astype(np.float32)
+    shrunk = downscale_image(large, 300)
+    assert shrunk.shape == (300, 100)
+    assert abs(float(shrunk.mean()) - float(large.mean())) < 0.5
+
+
+def test_overlay_png_from_a_preview_marks_original_pixel_points(tmp_path):
+    original_hw = (2000, 1000)
+    image = np.zeros(original_hw, np.float32)
+    preview = downscale_image(image, 400)
+    points = np.array([[500.0, 1000.0]])
+    path = write_overlay_png(tmp_path / "o" / "x.png", preview, points, labels=["knee"], max_size=400, image_hw=original_hw)
+    with Image.open(path) as png:
+        assert png.mode == "RGB" and png.size == (200, 400)
+        pixels = np.asarray(png).astype(int)
+    x, y = apply_matrix(points, resize_matrix(original_hw, (400, 200)))[0]
+    assert pixels[int(y) - 4 : int(y) + 5, int(x) - 4 : int(x) + 5].max() > 100  # the marker on a black image
+    assert pixels[:20, :20].max() == 0
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["x.png"]
