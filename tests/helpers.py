@@ -11,10 +11,23 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
+from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-__all__ = ["write_dicom", "write_compressed_dicom", "DX_FOR_PRESENTATION", "BUNDLE_ROOT", "run_bundle", "SMALL", "tiny_checkpoint"]
+__all__ = [
+    "write_dicom",
+    "write_compressed_dicom",
+    "DX_FOR_PRESENTATION",
+    "BUNDLE_ROOT",
+    "run_bundle",
+    "SMALL",
+    "tiny_checkpoint",
+    "blob_image",
+    "centroid",
+    "write_png16",
+    "disc_mean",
+]
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,3 +163,36 @@ def tiny_checkpoint(path: Path) -> Path:
         torch.nn.init.normal_(net.sc_output.weight, std=0.05)
     torch.save(net.state_dict(), path)
     return path
+
+
+def blob_image(hw, points, sigma):
+    """Sum of unit-peak Gaussian blobs ``(H, W)`` float32 at sub-pixel points ``(N, 2)`` ``(x, y)``."""
+    rows, cols = np.mgrid[: hw[0], : hw[1]]
+    img = np.zeros(hw, np.float32)
+    for x, y in points:
+        img += np.exp(-((cols - x) ** 2 + (rows - y) ** 2) / (2 * sigma**2)).astype(np.float32)
+    return img
+
+
+def centroid(img, x, y, radius):
+    """Intensity centroid ``(x, y)`` of ``img`` (H, W) in a window of ``radius`` px around ``(x, y)``."""
+    xi, yi = int(round(x)), int(round(y))
+    win = img[yi - radius : yi + radius + 1, xi - radius : xi + radius + 1]
+    rows, cols = np.mgrid[yi - radius : yi + radius + 1, xi - radius : xi + radius + 1]
+    return np.array([(win * cols).sum() / win.sum(), (win * rows).sum() / win.sum()])
+
+
+def write_png16(path, array):
+    """Save ``array`` ``(H, W)`` as a 16-bit grey PNG and return the path as str."""
+    Image.fromarray(array.astype(np.uint16)).save(path)
+    return str(path)
+
+
+def disc_mean(image: np.ndarray, point, radius: float) -> float:
+    """Mean of ``image`` (H, W) over pixels whose centres lie within ``radius`` of ``point`` (x, y)."""
+    x0, y0 = max(int(point[0] - radius), 0), max(int(point[1] - radius), 0)
+    x1 = min(int(point[0] + radius) + 2, image.shape[1])
+    y1 = min(int(point[1] + radius) + 2, image.shape[0])
+    rows, cols = np.mgrid[y0:y1, x0:x1]
+    inside = (cols - point[0]) ** 2 + (rows - point[1]) ** 2 <= radius**2
+    return float(image[y0:y1, x0:x1][inside].mean())
