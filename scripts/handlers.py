@@ -1,4 +1,12 @@
-"""Ignite handlers for training under a wall-clock budget.
+"""Ignite handlers of the training and validation workflows.
+
+- :class:`BudgetLrSchedule`: warm-up + cosine/linear learning rate over a wall-clock budget and/or ``max_epochs``.
+- :class:`FinalValidation`: one more validation when training ends off the validation interval.
+- :class:`BestModelCheckpoint`: ``models/model.pt`` (bare ``state_dict``) at every new best key metric.
+- :class:`LastCheckpoint`: the whole training state in ``models/last.ckpt`` every epoch, restored on resume.
+- :class:`BestMetricReport`: prints the best key metric when training completes.
+
+Checkpoint files go through :mod:`scripts.checkpoints` (atomic durable writes, ``weights_only`` loads).
 
 :class:`BudgetLrSchedule` drives the learning rate by the *fraction of the run done*, which is the
 larger of the elapsed fraction of a wall-clock budget (``max_minutes``) and the fraction of
@@ -11,18 +19,37 @@ not a cut-off one. Without a budget it is an ordinary per-iteration warm-up + co
 Its ``state_dict`` / ``load_state_dict`` keep the elapsed training time, so a resumed run (``last.ckpt``)
 continues the schedule where it stopped instead of starting the budget again. The trainer carries that
 state itself (ignite's ``state_dict_user_keys``, key :data:`TRAINER_STATE_KEY`), so whatever saves and
-loads the trainer (``scripts.engines.LastCheckpoint``) saves and resumes the schedule with it.
+loads the trainer (:class:`LastCheckpoint`) saves and resumes the schedule with it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import sys
 import time
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+import torch
 from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 
-__all__ = ["TRAINER_STATE_KEY", "schedule_factor", "BudgetLrSchedule"]
+from scripts.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from scripts.utils import as_bool, distributed_rank, unwrap_module
+from scripts.writers.files import remove_stale_temporaries
+
+__all__ = [
+    "TRAINER_STATE_KEY",
+    "schedule_factor",
+    "BudgetLrSchedule",
+    "FinalValidation",
+    "BestModelCheckpoint",
+    "LastCheckpoint",
+    "BestMetricReport",
+    "with_checkpoint_entries",
+]
 
 #: ``engine.state`` attribute (saved with the trainer's ``state_dict``) holding :meth:`BudgetLrSchedule.state_dict`
 TRAINER_STATE_KEY = "lr_budget"
@@ -74,7 +101,7 @@ class BudgetLrSchedule:
             budget, and it validates the last weights when the budget ends an epoch early.
         val_interval: the ``ValidationHandler``'s epoch interval; with ``validator``, the final
             validation runs only when the interrupted epoch is a multiple of it (otherwise
-            ``scripts.engines.FinalValidation`` does it).
+            ``scripts.handlers.FinalValidation`` does it).
         clock: time source in seconds (``time.monotonic``).
 
     Attach it after ``ValidationHandler`` and ``FinalValidation`` and before handlers that report the
@@ -196,3 +223,215 @@ class BudgetLrSchedule:
         # the budget that *is* a multiple was never validated by ValidationHandler either.
         if self.ended_by_budget and self.validator is not None and engine.state.epoch % self.val_interval == 0:
             self.validator.run(engine.state.epoch)
+
+
+class FinalValidation:
+    """Validates once more when training ends, unless its last epoch was just validated.
+
+    ``ValidationHandler`` validates every ``interval`` epochs; a run whose epoch count is not a multiple
+    of it (e.g. MONAI Label's short trainings, or ``--max_epochs 1``) would otherwise end without
+    validating its last epoch, so the best checkpoint (``models/model.pt``) would not consider it.
+    Attach it after ``ValidationHandler`` and before handlers that report the best metric.
+
+    Args:
+        validator: the evaluator, run as ``validator.run(epoch)`` like ``ValidationHandler`` does.
+        interval: the ``ValidationHandler``'s epoch interval.
+    """
+
+    def __init__(self, validator, interval: int) -> None:
+        self.validator = validator
+        self.interval = max(1, int(interval))
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        if epoch > 0 and epoch % self.interval != 0:
+            self.validator.run(epoch)
+
+
+class BestModelCheckpoint:
+    """Saves the network's ``state_dict`` to ``path`` (e.g. ``models/model.pt``) whenever a validation
+    gives a new best key metric, atomically and durably (:func:`save_checkpoint`).
+
+    Attach to the evaluator (``val_handlers``). "New best" is MONAI's own decision: the epoch the
+    evaluator records in ``state.best_metric_epoch`` (with its ``metric_cmp_fn``) is the epoch just
+    validated. :class:`LastCheckpoint` saves and restores ``best_metric``/``best_metric_epoch``, so
+    after a resume only a validation that beats the best so far replaces the file.
+
+    Args:
+        path: file written; it holds the bare ``state_dict`` (a ``DistributedDataParallel``
+            wrapper's ``module.`` is left out), loadable with ``torch.load(..., weights_only=True)``.
+        network: the network whose weights are saved.
+    """
+
+    def __init__(self, path: str, network: torch.nn.Module) -> None:
+        self.path = str(path)
+        self.network = network
+        self.logger = logging.getLogger(self.__class__.__name__)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if distributed_rank() != 0 or getattr(engine.state, "best_metric_epoch", -1) != engine.state.epoch:
+            return
+        save_checkpoint(unwrap_module(self.network).state_dict(), self.path)
+        self.logger.info(f"saved {self.path} (best metric {engine.state.best_metric:.4f} at epoch {engine.state.epoch})")
+
+
+class LastCheckpoint:
+    """Saves the whole training state to one file after every epoch, atomically, and restores it on start.
+
+    The file (``torch.save`` of a dict, loadable with ``weights_only=True``) holds ``state_dict()`` of
+    every entry of ``save_dict`` (network, optimizer, loss, LR scheduler, ...: anything with
+    ``state_dict``/``load_state_dict``; ``None`` entries, e.g. a disabled scheduler, are left out),
+    ``"trainer"`` (epoch, iteration, epoch length), ``"best"`` (the evaluator's best metric and its
+    epoch), ``"rng"`` (:func:`rng_state`) and ``"config"`` (the given settings). On resume all of it is
+    restored before the first iteration; settings in ``config`` that differ from the saved ones are
+    logged. The trainer's new ``max_epochs`` is kept, so a resumed run can be extended.
+
+    What MONAI's ``CheckpointSaver``/``CheckpointLoader`` lack and this keeps: writes go through
+    :func:`scripts.checkpoints.save_checkpoint` (temporary file, fsync, rename: durable, not only atomic),
+    loads through :func:`scripts.checkpoints.load_checkpoint` (``weights_only``, a clear error naming a
+    damaged or unsafe file), the evaluator's best metric and epoch, the random generators and the trainer's
+    user state (e.g. :class:`BudgetLrSchedule`'s elapsed time) travel with the file, and hidden temporary
+    files that a killed run left beside ``path`` are removed at start. Restoring the objects is ignite's
+    ``Checkpoint.load_objects``, as in ``CheckpointLoader``.
+
+    Args:
+        path: checkpoint file (e.g. ``models/last.ckpt``).
+        save_dict: objects with ``state_dict``/``load_state_dict``; the engine it is attached to is
+            added as ``"trainer"``.
+        resume: load ``path`` when the trainer starts; without the file the run starts from scratch
+            with a warning saying so.
+        interval: save every ``interval`` epochs (and always at the end).
+        evaluator: the validation engine whose ``best_metric``/``best_metric_epoch`` are kept.
+        config: settings recorded in the file (e.g. preset, num_landmarks, learning_rate).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        save_dict: Mapping,
+        resume: bool = False,
+        interval: int = 1,
+        evaluator: Engine | None = None,
+        config: Mapping | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.save_dict = {name: obj for name, obj in dict(save_dict).items() if obj is not None}
+        self.resume = as_bool(resume)
+        self.interval = max(1, int(interval))
+        self.evaluator = evaluator
+        self.config = {str(k): v for k, v in dict(config or {}).items()}
+        self.logger = logging.getLogger(self.__class__.__name__)
+
+    def with_entries(self, entries: Mapping) -> LastCheckpoint:
+        """A copy that also saves ``entries`` (e.g. the discriminators of Adversarial PoseNet)."""
+        clash = sorted(set(entries) & set(self.save_dict))
+        if clash:
+            raise ValueError(f"{self.path} already saves {clash}.")
+        return LastCheckpoint(self.path, {**self.save_dict, **entries}, self.resume, self.interval, self.evaluator, self.config)
+
+    def attach(self, engine: Engine) -> None:
+        self.save_dict.setdefault("trainer", engine)
+        engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+
+    def load(self, engine: Engine) -> None:
+        if distributed_rank() == 0:
+            remove_stale_temporaries(os.path.dirname(os.path.abspath(self.path)))
+        if not self.resume:
+            return
+        if not os.path.isfile(self.path):
+            message = f"--resume true, but there is no checkpoint {self.path}: training starts from scratch."
+            self.logger.warning(message)
+            print(f"WARNING: {message}", file=sys.stderr, flush=True)
+            return
+        state = load_checkpoint(self.path)
+        missing = sorted(set(self.save_dict) - set(state))
+        if missing:
+            raise KeyError(f"checkpoint {self.path} has no entry {missing} (has {sorted(state)})")
+        # as MONAI's CheckpointLoader: ignite restores every object (unwrapping DDP), the new max_epochs is kept
+        # so that a resumed run can be extended
+        max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load=self.save_dict, checkpoint={name: state[name] for name in self.save_dict})
+        if max_epochs is not None and engine.state.epoch > max_epochs:
+            raise ValueError(f"checkpoint {self.path} is at epoch {engine.state.epoch}, beyond --max_epochs {max_epochs}.")
+        engine.state.max_epochs = max_epochs
+        best = state.get("best")
+        if self.evaluator is not None and best is not None:
+            self.evaluator.state.best_metric = best["metric"]
+            self.evaluator.state.best_metric_epoch = best["epoch"]
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        changed = {k: (state.get("config", {}).get(k), v) for k, v in self.config.items() if state.get("config", {}).get(k) != v}
+        if changed:
+            self.logger.warning(f"resuming {self.path} with changed settings (saved -> now): {changed}")
+        best_text = f", best metric {best['metric']:.4f} at epoch {best['epoch']}" if best and best["epoch"] >= 0 else ""
+        self.logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}{best_text}")
+
+    def state(self) -> dict:
+        """What :meth:`save` writes (see the class docstring)."""
+        state = {name: unwrap_module(obj).state_dict() for name, obj in self.save_dict.items()}
+        if self.evaluator is not None:
+            state["best"] = {"metric": float(self.evaluator.state.best_metric),
+                             "epoch": int(self.evaluator.state.best_metric_epoch)}
+        state["rng"] = rng_state()
+        state["config"] = self.config
+        return state
+
+    def save(self, engine: Engine) -> None:
+        if distributed_rank() != 0:
+            return
+        save_checkpoint(self.state(), self.path)
+
+
+class BestMetricReport:
+    """Prints the evaluator's best key metric when training completes (e.g. the mean point error).
+
+    Args:
+        evaluator: the validation engine whose ``state.best_metric`` is reported.
+        name: what the metric is, with its unit, e.g. ``"mean point error (network px)"``.
+    """
+
+    def __init__(self, evaluator: Engine, name: str) -> None:
+        self.evaluator = evaluator
+        self.name = name
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if distributed_rank() != 0:
+            return
+        state = self.evaluator.state
+        best, epoch = getattr(state, "best_metric", None), getattr(state, "best_metric_epoch", None)
+        print(f"Best validation {self.name}: {best:.3f} at epoch {epoch}" if best is not None and best >= 0
+              else f"No validation {self.name} was computed", flush=True)
+
+
+def with_checkpoint_entries(handlers: Iterable, entries: Mapping[str, Any]) -> list:
+    """Copy of a handler list in which every :class:`LastCheckpoint` also saves ``entries``.
+
+    Used by configs/train_adversarial.json to add the discriminators and their optimizers to train.json's
+    ``last.ckpt`` without repeating its handler list.
+
+    Raises:
+        ValueError: if the list has no LastCheckpoint, or an entry name is already saved.
+    """
+    result, found = [], False
+    for handler in handlers:
+        if isinstance(handler, LastCheckpoint):
+            try:
+                handler = handler.with_entries(entries)
+            except ValueError as err:
+                raise ValueError(f"with_checkpoint_entries: {err}") from None
+            found = True
+        result.append(handler)
+    if not found:
+        raise ValueError("with_checkpoint_entries: the handler list has no scripts.handlers.LastCheckpoint.")
+    return result

@@ -1,4 +1,6 @@
-"""Heatmap regression loss: masked sum of squared errors against Gaussian targets.
+"""Losses: the heatmap regression loss and the adversarial losses of Adversarial PoseNet.
+
+Heatmap regression loss, masked sum of squared errors against Gaussian targets.
 
 Payer et al. (2019), Eq. 2: ``L = sum_i sum_x (h_i(x) - g_i(x))^2 + alpha * sum_i sigma_i^2 + lambda ||w||^2``
 with ``g_i`` a Gaussian of peak ``gamma`` and width ``sigma_i`` at the sub-pixel landmark position
@@ -13,6 +15,10 @@ error alone pushes sigma towards 0 (it collapsed from 3 to 0.2 px in simulation)
 normalised form the energy falls with sigma and the ``alpha * sum sigma^2`` term holds it. Here
 ``gamma' = 2 pi sigma_0^2 gamma`` (``sigma_0`` the initial sigma), so that the targets start with the
 same peak ``gamma`` as the fixed form.
+
+Adversarial losses (Adversarial PoseNet, :class:`scripts.engines.AdversarialLandmarkTrainer`): the
+discriminators' labels of generated heatmaps (:func:`fake_labels`, by distance to the truth), their
+input normalisation, and masked binary cross-entropies on their logits, per landmark ``(B, K)``.
 """
 
 from __future__ import annotations
@@ -21,11 +27,21 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from scripts.heatmap import gaussian_heatmaps, landmark_mask
+from scripts.keys import LandmarkKeys
 
-__all__ = ["masked_sse", "HeatmapLoss"]
+__all__ = [
+    "masked_sse",
+    "HeatmapLoss",
+    "normalise_heatmaps_for_discriminator",
+    "fake_labels",
+    "masked_bce_with_logits",
+    "discriminator_loss",
+    "generator_adversarial_loss",
+]
 
 
 def masked_sse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -151,16 +167,16 @@ class HeatmapLoss(nn.Module):
         if isinstance(target, torch.Tensor):
             heatmaps = target.to(device=pred.device, dtype=dtype)
         elif isinstance(target, Mapping):
-            if "landmarks_mask" in target:
-                mask = torch.as_tensor(target["landmarks_mask"], device=pred.device).to(dtype)
-            if "heatmaps" in target:
+            if LandmarkKeys.LANDMARKS_MASK in target:
+                mask = torch.as_tensor(target[LandmarkKeys.LANDMARKS_MASK], device=pred.device).to(dtype)
+            if LandmarkKeys.HEATMAPS in target:
                 if self.learnable_sigma:
                     raise ValueError(
                         "HeatmapLoss: learnable_sigma needs the targets as 'landmarks', not precomputed 'heatmaps'."
                     )
-                heatmaps = torch.as_tensor(target["heatmaps"], device=pred.device).to(dtype)
-            elif "landmarks" in target:
-                points = torch.as_tensor(target["landmarks"], device=pred.device).to(dtype)
+                heatmaps = torch.as_tensor(target[LandmarkKeys.HEATMAPS], device=pred.device).to(dtype)
+            elif LandmarkKeys.LANDMARKS in target:
+                points = torch.as_tensor(target[LandmarkKeys.LANDMARKS], device=pred.device).to(dtype)
                 if points.ndim != 3 or tuple(points.shape[:2]) != tuple(pred.shape[:2]) or points.shape[2] != 2:
                     raise ValueError(
                         f"HeatmapLoss: 'landmarks' must be (B, N, 2) = {tuple(pred.shape[:2]) + (2,)}, "
@@ -185,3 +201,133 @@ class HeatmapLoss(nn.Module):
         if self.sigma_regularization != 0.0:
             loss = loss + self.sigma_regularization * (self.sigma.to(dtype) ** 2).sum()
         return loss
+
+
+def normalise_heatmaps_for_discriminator(heatmaps: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Heatmaps as the discriminators see them: clamped at 0, then divided by their own maximum.
+
+    Real heatmaps are Gaussians of peak ``gamma`` and never negative; raw generator outputs have any
+    scale and sign. After this normalisation every map of either kind lies in ``[0, 1]`` with its
+    maximum at 1 (an all-zero or all-negative map becomes all zeros), so a discriminator can only
+    judge the *shape* and *position* of the maps, not their value range. Differentiable (the gradient
+    reaches the generator through the clamp and the division).
+
+    Args:
+        heatmaps: ``(B, K, h, w)``.
+        eps: added to each map's maximum before dividing.
+
+    Returns:
+        ``(B, K, h, w)`` in ``[0, 1]``, float32 or wider.
+    """
+    if heatmaps.ndim != 4:
+        raise ValueError(f"heatmaps must be (B, K, h, w), got {tuple(heatmaps.shape)}.")
+    positive = heatmaps.to(torch.promote_types(heatmaps.dtype, torch.float32)).clamp_min(0.0)
+    peak = positive.amax(dim=(-2, -1), keepdim=True)
+    return positive / (peak + eps)
+
+
+def fake_labels(
+    pred_points: torch.Tensor,
+    true_points: torch.Tensor,
+    net_from_orig: torch.Tensor | None = None,
+    spacing: torch.Tensor | None = None,
+    threshold_mm: float = 10.0,
+    threshold_px: float = 10.0,
+) -> torch.Tensor:
+    """Discriminator labels of generated heatmaps: 1 where the predicted landmark is close enough to the truth.
+
+    The distance is measured in the units of the *original* image: the difference ``pred - true``
+    (network px) is mapped through the inverse of the linear part of ``net_from_orig`` (the resize of
+    the preprocessing; a translation does not change a difference) to original px, then, where the
+    sample's spacing is known, scaled to mm and compared with ``threshold_mm``; where the spacing is
+    unknown (NaN), the original-px distance is compared with ``threshold_px``.
+
+    Both point sets must be in the frame of the same network input: during training that is the
+    augmented image, so the truth is the batch's ``landmarks`` (augmented together with the image),
+    not ``landmarks_orig``. The augmentation's own rotation and scaling (a few percent) are not
+    undone; the threshold is a tolerance, not a measurement.
+
+    Args:
+        pred_points: ``(B, K, 2)`` decoded predictions ``(x, y)``, network px.
+        true_points: ``(B, K, 2)`` truth ``(x, y)``, network px, NaN for missing landmarks.
+        net_from_orig: ``(B, 3, 3)`` (or ``(3, 3)``) preprocessing matrices; None: network px are original px.
+        spacing: ``(B, 2)`` (or ``(2,)``) ``(sx, sy)`` mm per original px, NaN when unknown; None: unknown.
+        threshold_mm: tolerance in mm for samples with spacing (10 mm in the seed material).
+        threshold_px: tolerance in original px for samples without spacing.
+
+    Returns:
+        ``(B, K)`` float32 labels: 1.0 within the tolerance, 0.0 beyond it and for landmarks whose truth
+        or prediction is missing (NaN). Such landmarks should also be masked out of the loss.
+    """
+    pred = torch.as_tensor(pred_points).double()
+    true = torch.as_tensor(true_points, device=pred.device).double()
+    if pred.ndim != 3 or pred.shape[-1] != 2 or pred.shape != true.shape:
+        raise ValueError(
+            "fake_labels: pred_points and true_points must both be (B, K, 2), "
+            f"got {tuple(pred.shape)} and {tuple(true.shape)}."
+        )
+    batch = pred.shape[0]
+    diff = pred - true  # (B, K, 2) network px
+    if net_from_orig is not None:
+        matrix = torch.as_tensor(net_from_orig, device=pred.device).double()
+        if matrix.shape == (3, 3):
+            matrix = matrix.expand(batch, 3, 3)
+        if tuple(matrix.shape) != (batch, 3, 3):
+            raise ValueError(f"fake_labels: net_from_orig must be (B, 3, 3) = ({batch}, 3, 3), got {tuple(matrix.shape)}.")
+        orig_from_net_linear = torch.linalg.inv(matrix[:, :2, :2])
+        diff = torch.einsum("bij,bkj->bki", orig_from_net_linear, diff)  # original px
+    if spacing is None:
+        spacing_xy = torch.full((batch, 2), float("nan"), dtype=torch.float64, device=pred.device)
+    else:
+        spacing_xy = torch.as_tensor(spacing, device=pred.device).double()
+        if spacing_xy.shape == (2,):
+            spacing_xy = spacing_xy.expand(batch, 2)
+        if tuple(spacing_xy.shape) != (batch, 2):
+            raise ValueError(f"fake_labels: spacing must be (B, 2) = ({batch}, 2), got {tuple(spacing_xy.shape)}.")
+    has_spacing = torch.isfinite(spacing_xy).all(dim=-1)  # (B,)
+    dist_px = diff.norm(dim=-1)
+    dist_mm = (diff * torch.where(has_spacing[:, None], spacing_xy, torch.ones_like(spacing_xy))[:, None, :]).norm(dim=-1)
+    close = torch.where(has_spacing[:, None], dist_mm <= threshold_mm, dist_px <= threshold_px)
+    valid = torch.isfinite(dist_px)
+    return (close & valid).float()
+
+
+def masked_bce_with_logits(logits: torch.Tensor, targets: torch.Tensor | float, mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of logits ``(B, K)`` against targets in ``[0, 1]``, averaged over the kept entries.
+
+    Args:
+        logits: ``(B, K)`` discriminator outputs.
+        targets: ``(B, K)`` labels, or a number for all entries.
+        mask: ``(B, K)``, nonzero keeps an entry. With nothing kept the result is a zero that still
+            depends on ``logits`` (backward works and gives zero gradients).
+
+    Returns:
+        scalar float32 tensor.
+    """
+    logits = logits.float()
+    if logits.ndim != 2 or tuple(mask.shape) != tuple(logits.shape):
+        raise ValueError(
+            f"masked_bce_with_logits: logits and mask must be (B, K), got {tuple(logits.shape)} and {tuple(mask.shape)}."
+        )
+    target = torch.as_tensor(targets, dtype=logits.dtype, device=logits.device).expand_as(logits)
+    weight = (mask != 0).to(logits.dtype)
+    per_entry = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return (per_entry * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def discriminator_loss(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, fake_targets: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Discriminator objective: real heatmaps -> 1 and generated heatmaps -> ``fake_targets``, per landmark.
+
+    Args:
+        real_logits, fake_logits: ``(B, K)`` logits for the real and the (detached) generated heatmaps.
+        fake_targets: ``(B, K)`` labels of the generated heatmaps (:func:`fake_labels`).
+        mask: ``(B, K)`` landmarks to use.
+    """
+    return masked_bce_with_logits(real_logits, 1.0, mask) + masked_bce_with_logits(fake_logits, fake_targets, mask)
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Generator's adversarial term: make the discriminator judge every kept landmark of the generated maps real (1)."""
+    return masked_bce_with_logits(fake_logits, 1.0, mask)

@@ -9,13 +9,15 @@ spacing) and ``*_nmm`` ("normalised mm" for images without spacing: the distance
 landmarks is defined as a fixed length, Payer et al.'s rule for the hand atlas).
 
 The numpy functions come first; :class:`MeanPointError` wraps the mean error for ignite / MONAI
-engines, :func:`evaluation_report` and :func:`plot_cumulative_error` build the evaluation outputs.
+engines. The last part measures Adversarial PoseNet's training (:class:`scripts.engines.AdversarialLandmarkTrainer`):
+discriminator accuracies and the ratio of the adversarial to the heatmap gradient. The evaluation
+report built from these measures is :mod:`scripts.evaluation`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +26,7 @@ from ignite.metrics import Metric
 from ignite.metrics.metric import reinit__is_reduced, sync_all_reduce
 
 from scripts.coords import normalised_mm_per_px
+from scripts.keys import LandmarkKeys
 
 __all__ = [
     "point_errors_px",
@@ -35,13 +38,17 @@ __all__ = [
     "sdr",
     "summarize",
     "summarize_per_landmark",
+    "as_points",
     "MeanPointError",
-    "evaluation_report",
-    "plot_cumulative_error",
+    "discriminator_counts",
+    "gradient_norm_ratio",
+    "MeanOfMeasured",
+    "DiscriminatorAccuracy",
+    "adversarial_monitors",
 ]
 
 
-def _as_points(points, name: str) -> np.ndarray:
+def as_points(points, name: str) -> np.ndarray:
     p = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else points
     p = np.asarray(p, dtype=np.float64)
     if p.ndim not in (2, 3) or p.shape[-1] != 2:
@@ -68,7 +75,7 @@ def _per_image_xy(values, batch_shape: tuple, name: str) -> np.ndarray:
 
 
 def _scaled_errors(pred, true, scale_xy) -> np.ndarray:
-    p, t = _as_points(pred, "pred"), _as_points(true, "true")
+    p, t = as_points(pred, "pred"), as_points(true, "true")
     if p.shape != t.shape:
         raise ValueError(f"pred and true must have the same shape, got {p.shape} and {t.shape}.")
     d = (p - t) * _per_image_xy(scale_xy, p.shape[:-2], "spacing")
@@ -117,7 +124,7 @@ def normalised_mm_spacing(true_points, a: int = 1, b: int = 5, length_mm: float 
         ``(B, 2)`` (or ``(2,)``) ``(s, s)`` normalised mm per pixel, NaN where a reference landmark
         is missing; pass it as ``spacing`` to :func:`point_errors_mm` (the result is then in nmm).
     """
-    t = _as_points(true_points, "true_points")
+    t = as_points(true_points, "true_points")
     batch = t if t.ndim == 3 else t[None]
     per_image = np.array([normalised_mm_per_px(p, a, b, length_mm) for p in batch], dtype=np.float64)
     out = np.repeat(per_image[:, None], 2, axis=1)
@@ -210,8 +217,8 @@ def summarize_per_landmark(errors) -> list[dict[str, float]]:
 
 def _to_numpy_points(value, name: str) -> np.ndarray:
     if isinstance(value, (list, tuple)) and value and isinstance(value[0], (torch.Tensor, np.ndarray)):
-        value = np.stack([_as_points(v, name) for v in value])  # decollated per-sample points
-    p = _as_points(value, name)
+        value = np.stack([as_points(v, name) for v in value])  # decollated per-sample points
+    p = as_points(value, name)
     return p if p.ndim == 3 else p[None]
 
 
@@ -228,12 +235,12 @@ class MeanPointError(Metric):
 
     Landmarks that are NaN in either are skipped. In a MONAI ``SupervisedEvaluator`` use it as the
     key metric with ``metric_cmp_fn=lambda current, prev: current < prev`` (MONAI accepts the first
-    value without comparing); :class:`scripts.engines.BestModelCheckpoint` then saves the best network.
+    value without comparing); :class:`scripts.handlers.BestModelCheckpoint` then saves the best network.
     Distributed runs sum the totals over processes.
     """
 
     # ignite turns a mapping output into the tuple of these values before ``update``
-    required_output_keys = ("pred_points", "true_points")
+    required_output_keys = (LandmarkKeys.PRED_POINTS, LandmarkKeys.TRUE_POINTS)
 
     def __init__(self, output_transform: Callable = lambda x: x, device: str | torch.device = "cpu") -> None:
         self._sum = 0.0
@@ -249,8 +256,8 @@ class MeanPointError(Metric):
     def _pred_true(output) -> tuple[np.ndarray, np.ndarray]:
         if isinstance(output, Mapping):
             return (
-                _to_numpy_points(output["pred_points"], "pred_points"),
-                _to_numpy_points(output["true_points"], "true_points"),
+                _to_numpy_points(output[LandmarkKeys.PRED_POINTS], "pred_points"),
+                _to_numpy_points(output[LandmarkKeys.TRUE_POINTS], "true_points"),
             )
         if isinstance(output, (list, tuple)) and output and all(isinstance(o, Mapping) for o in output):
             pairs = [MeanPointError._pred_true(o) for o in output]
@@ -277,149 +284,117 @@ class MeanPointError(Metric):
         return float(self._sum) / float(self._count)
 
 
-def _rows(values: dict[str, np.ndarray], index: int) -> dict[str, float]:
-    return {k: v[index].item() for k, v in values.items()}
+def discriminator_counts(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, fake_targets: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """How often a discriminator judges right, per kind of heatmap: ``(4,)`` float64 tensor
+    ``[real correct, real kept, generated correct, generated kept]``.
+
+    A real heatmap is judged right when its logit is > 0 ("real"); a generated one when ``logit > 0`` agrees
+    with its label (``fake_targets > 0.5``: close enough to the truth to count as real). Only entries kept by
+    ``mask`` ``(B, K)`` count. Shapes as :func:`discriminator_loss`.
+    """
+    keep = mask != 0
+    real_right = (real_logits > 0) & keep
+    fake_right = ((fake_logits > 0) == (fake_targets > 0.5)) & keep
+    kept = keep.sum()
+    return torch.stack([real_right.sum(), kept, fake_right.sum(), kept]).double().cpu()
 
 
-def evaluation_report(
-    pred_orig,
-    true_orig,
-    orig_hw,
-    ids: Sequence[str],
-    spacing_mm=None,
-    radii_px: Sequence[float] = (),
-    radii_mm: Sequence[float] = (2.0, 2.5, 3.0, 4.0, 10.0, 20.0),
-    outlier_radius_px256: float = 10.0,
-    outlier_radius_mm: float = 10.0,
-    normalised_mm: Sequence[float] | None = None,
-    landmark_names: Sequence[str] | None = None,
-) -> dict:
-    """Per-point, per-image and per-landmark tables and a summary of a test set.
+def gradient_norm_ratio(numerator: torch.Tensor, denominator: torch.Tensor, parameters: Sequence[torch.Tensor]) -> float:
+    """``||d numerator / d theta|| / ||d denominator / d theta||`` over ``parameters`` (global L2 norms).
+
+    Both gradients come from ``torch.autograd.grad`` with ``retain_graph=True``, so the caller can still call
+    ``backward`` on a loss built from the same graph; nothing is accumulated into ``.grad``. A term that does
+    not depend on the parameters has a zero gradient: the ratio is 0 for such a numerator, ``inf`` for such a
+    denominator (0 if both are).
 
     Args:
-        pred_orig: ``(B, N, 2)`` predicted ``(x, y)`` original px.
-        true_orig: ``(B, N, 2)`` true ``(x, y)`` original px (the annotation, never augmented).
-        orig_hw: ``(B, 2)`` or ``(2,)`` original ``(H, W)``.
-        ids: ``B`` image ids.
-        spacing_mm: ``(B, 2)`` or ``(2,)`` ``(sx, sy)`` mm/px, NaN (or ``None``) where unknown:
-            those images get NaN ``*_mm`` values and are left out of the ``*_mm`` statistics.
-        radii_px: SDR radii for original-pixel errors.
-        radii_mm: SDR radii for mm (and normalised mm) errors.
-        outlier_radius_px256: outlier radius in px of the 256x256 image (the SCN reimplementation
-            uses 10).
-        outlier_radius_mm: outlier radius in mm and nmm.
-        normalised_mm: ``(a, b, length_mm)`` to add normalised-mm errors (``*_nmm``; hand atlas:
-            ``(1, 5, 50.0)``), or ``None``.
-        landmark_names: ``N`` names (default: ``"0"``, ``"1"``, ...).
-
-    Returns:
-        ``{"per_point": [...], "per_image": [...], "per_landmark": [...], "summary": {...}}``: lists of
-        flat dicts (CSV rows) and a flat dict (JSON). Keys name their unit; SDR keys read
-        ``sdr_<unit>_<radius>`` (fraction with error <= radius), outlier keys
-        ``outliers_<unit>_<radius>`` (per image: count; summary: mean count per image) and
-        ``outlier_percent_<unit>_<radius>``. ``"errors"`` maps each unit to its ``(B, N)`` error
-        array (NaN where a landmark is missing).
+        numerator, denominator: scalar losses, e.g. the weighted adversarial and heatmap terms of the generator.
+        parameters: the generator's parameters; those without ``requires_grad`` are skipped.
     """
-    pred, true = _as_points(pred_orig, "pred_orig"), _as_points(true_orig, "true_orig")
-    if pred.ndim != 3 or pred.shape != true.shape:
-        raise ValueError(f"pred_orig and true_orig must both be (B, N, 2), got {pred.shape} and {true.shape}.")
-    batch, num = pred.shape[:2]
-    ids = [str(i) for i in ids]
-    if len(ids) != batch:
-        raise ValueError(f"evaluation_report: {len(ids)} ids for {batch} images.")
-    names = [str(n) for n in landmark_names] if landmark_names is not None else [str(i) for i in range(num)]
-    if len(names) != num:
-        raise ValueError(f"evaluation_report: {len(names)} landmark names for {num} landmarks.")
-    if spacing_mm is None:
-        spacing_mm = np.full(2, np.nan)
+    params = [p for p in parameters if p.requires_grad]
 
-    errors = {"px": point_errors_px(pred, true), "px256": point_errors_px256(pred, true, orig_hw)}
-    errors["mm"] = point_errors_mm(pred, true, spacing_mm)
-    if normalised_mm is not None:
-        a, b, length = normalised_mm
-        errors["nmm"] = point_errors_mm(pred, true, normalised_mm_spacing(true, int(a), int(b), float(length)))
-    sdr_radii = {"px": radii_px, "px256": (), "mm": radii_mm, "nmm": radii_mm}
-    outlier_radius = {"px256": outlier_radius_px256, "mm": outlier_radius_mm, "nmm": outlier_radius_mm}
+    def norm(term: torch.Tensor) -> float:
+        if not params or not term.requires_grad:
+            return 0.0
+        grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        return math.sqrt(sum(float((g.double() ** 2).sum()) for g in grads if g is not None))
 
-    per_point = []
-    for i in range(batch):
-        for j in range(num):
-            row = {"id": ids[i], "landmark": j, "name": names[j]}
-            row.update(pred_x=pred[i, j, 0], pred_y=pred[i, j, 1], true_x=true[i, j, 0], true_y=true[i, j, 1])
-            row.update({f"error_{unit}": float(e[i, j]) for unit, e in errors.items()})
-            per_point.append({k: (float(v) if isinstance(v, np.floating) else v) for k, v in row.items()})
-
-    per_image_stats: dict[str, np.ndarray] = {}
-    for unit, e in errors.items():
-        valid = np.isfinite(e)
-        per_image_stats[f"mean_{unit}"] = np.array(
-            [e[i][valid[i]].mean() if valid[i].any() else np.nan for i in range(batch)]
-        )
-        if unit in outlier_radius:
-            per_image_stats[f"outliers_{unit}_{outlier_radius[unit]:g}"] = outliers(e, outlier_radius[unit])[0]
-    present = np.isfinite(errors["px"]).sum(axis=1)
-    per_image = [{"id": ids[i], "num_evaluated": int(present[i]), **_rows(per_image_stats, i)} for i in range(batch)]
-
-    per_landmark = []
-    for j in range(num):
-        row = {"landmark": j, "name": names[j]}
-        for unit, e in errors.items():
-            row.update({f"{stat}_{unit}": value for stat, value in summarize(e[:, j]).items() if stat != "count"})
-        row["count"] = int(np.isfinite(errors["px"][:, j]).sum())
-        per_landmark.append(row)
-
-    summary: dict[str, float | int] = {"num_images": batch, "num_landmarks": num}
-    for unit, e in errors.items():
-        stats = summarize(e)
-        summary.update({f"{stat}_{unit}": value for stat, value in stats.items()})
-        for r, fraction in sdr(e, sdr_radii[unit]).items():
-            summary[f"sdr_{unit}_{r:g}"] = fraction
-        if unit in outlier_radius:
-            counts, percent = outliers(e, outlier_radius[unit])
-            evaluated = np.isfinite(e).any(axis=1)
-            key = f"{unit}_{outlier_radius[unit]:g}"
-            summary[f"outliers_{key}"] = float(counts[evaluated].mean()) if evaluated.any() else float("nan")
-            summary[f"outlier_percent_{key}"] = percent
-    summary["ipe_px256"] = summary["mean_px256"]
-    return {"per_point": per_point, "per_image": per_image, "per_landmark": per_landmark, "summary": summary,
-            "errors": errors}
+    top, bottom = norm(numerator), norm(denominator)
+    return top / bottom if bottom > 0 else (0.0 if top == 0 else float("inf"))
 
 
-def plot_cumulative_error(errors, path: str | Path, unit: str, title: str | None = None) -> Path:
-    """Write a PNG of the cumulative distribution of point errors.
+class MeanOfMeasured(Metric):
+    """Epoch mean of a number that the trainer measures on some iterations only (NaN on the others).
 
     Args:
-        errors: errors of any shape (NaN ignored), or a mapping ``label -> errors`` for several curves.
-        path: output PNG file; parent folders are created.
-        unit: unit of the errors for the axis label (e.g. ``"mm"``, ``"px"``).
-        title: optional figure title.
+        key: entry of ``engine.state.output`` (a float, NaN when not measured this iteration).
 
-    Returns:
-        ``path`` as a ``Path``.
+    ``compute()``: mean of the finite values of the epoch, NaN if none was measured.
     """
-    # the object-oriented Agg canvas leaves the global matplotlib backend alone
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    curves = errors if isinstance(errors, Mapping) else {None: errors}
-    fig = Figure(figsize=(6, 4), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    for label, values in curves.items():
-        e = np.asarray(values, dtype=np.float64)
-        e = np.sort(e[np.isfinite(e)])
-        if e.size:
-            ax.step(np.concatenate([[0.0], e]), np.arange(e.size + 1) / e.size * 100.0, where="post", label=label)
-    ax.set_xlabel(f"point error ({unit})")
-    ax.set_ylabel("landmarks with error <= x (%)")
-    ax.set_ylim(0, 100)
-    ax.set_xlim(left=0)
-    ax.grid(True, alpha=0.3)
-    if title:
-        ax.set_title(title)
-    if any(label is not None for label in curves):
-        ax.legend(loc="lower right")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png")
-    return out
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(output_transform=lambda output: output[key])
+
+    def reset(self) -> None:
+        self._total, self._count = 0.0, 0
+
+    def update(self, value) -> None:
+        value = float(value)
+        if math.isfinite(value):
+            self._total, self._count = self._total + value, self._count + 1
+
+    def compute(self) -> float:
+        return self._total / self._count if self._count else float("nan")
+
+
+class DiscriminatorAccuracy(Metric):
+    """Epoch accuracy of a discriminator from the :func:`discriminator_counts` of every iteration.
+
+    Args:
+        key: entry of ``engine.state.output`` holding the counts (``"pose_counts"``, ``"conf_counts"``;
+            None on iterations where that discriminator did not run).
+        which: ``"all"`` (real and generated heatmaps together), ``"real"`` or ``"generated"``.
+
+    ``compute()``: fraction in ``[0, 1]``, NaN if nothing was judged. Measured on the discriminator's
+    logits of each iteration *before* its update on that batch.
+    """
+
+    def __init__(self, key: str, which: str = "all") -> None:
+        if which not in ("all", "real", "generated"):
+            raise ValueError(f"DiscriminatorAccuracy: which must be 'all', 'real' or 'generated', got {which!r}.")
+        self.key, self.which = key, which
+        super().__init__(output_transform=lambda output: output[key])
+
+    def reset(self) -> None:
+        self._counts = torch.zeros(4, dtype=torch.float64)
+
+    def update(self, counts) -> None:
+        if counts is not None:
+            self._counts += torch.as_tensor(counts, dtype=torch.float64)
+
+    def compute(self) -> float:
+        real_right, real_kept, fake_right, fake_kept = self._counts.tolist()
+        right, kept = {
+            "all": (real_right + fake_right, real_kept + fake_kept),
+            "real": (real_right, real_kept),
+            "generated": (fake_right, fake_kept),
+        }[self.which]
+        return right / kept if kept else float("nan")
+
+
+def adversarial_monitors(use_pose: bool = True, use_confidence: bool = True) -> dict[str, Metric]:
+    """The per-epoch monitors of :class:`AdversarialLandmarkTrainer`, by ``engine.state.metrics`` name.
+
+    ``adversarial/grad_ratio`` (always) and, for each discriminator in use, ``adversarial/<pose|conf>_acc``,
+    ``..._acc_real`` and ``..._acc_generated``.
+    """
+    monitors: dict[str, Metric] = {"adversarial/grad_ratio": MeanOfMeasured("grad_ratio")}
+    for used, short in ((use_pose, "pose"), (use_confidence, "conf")):
+        if used:
+            monitors[f"adversarial/{short}_acc"] = DiscriminatorAccuracy(f"{short}_counts", "all")
+            monitors[f"adversarial/{short}_acc_real"] = DiscriminatorAccuracy(f"{short}_counts", "real")
+            monitors[f"adversarial/{short}_acc_generated"] = DiscriminatorAccuracy(f"{short}_counts", "generated")
+    return monitors

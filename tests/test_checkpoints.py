@@ -22,8 +22,9 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from scripts.demo_data import generate_demo_dataset
-from scripts.engines import LastCheckpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from scripts.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from scripts.data.synthetic import generate_demo_dataset
+from scripts.handlers import LastCheckpoint
 from scripts.inference import load_weights
 from scripts.networks.scn import SpatialConfigurationNet
 from tests.helpers import BUNDLE_ROOT, run_bundle

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from monai.bundle import ConfigParser
 
-from scripts.data import LandmarkDataset, split_off_tuning
-from scripts.demo_data import generate_demo_dataset
-from scripts.handlers import BudgetLrSchedule, schedule_factor
-from tests.helpers import BUNDLE_ROOT, run_bundle
+from scripts.data.synthetic import generate_demo_dataset
+from scripts.handlers import BudgetLrSchedule, LastCheckpoint, schedule_factor, with_checkpoint_entries
+from tests.helpers import run_bundle
+
 
 TINY = {"num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 1.5}
 
@@ -100,37 +99,11 @@ def test_without_budget_schedule_runs_over_max_epochs_and_state_resumes():
     assert second.progress(engine) == pytest.approx(0.5)
 
 
-def test_split_off_tuning_is_deterministic_disjoint_and_order_free():
-    items = [{"id": str(i)} for i in range(91)]
-    rest, tune = split_off_tuning(items, 0.11)
-    assert len(tune) == 10 and len(rest) == 81
-    assert {d["id"] for d in rest}.isdisjoint({d["id"] for d in tune})
-    rest2, tune2 = split_off_tuning(list(reversed(items)), 0.11)
-    assert {d["id"] for d in tune2} == {d["id"] for d in tune}
-    assert split_off_tuning(items, 0.0) == (items, [])
-    assert len(split_off_tuning(items[:3], 0.01)[1]) == 1
-    with pytest.raises(ValueError, match="tune_fraction"):
-        split_off_tuning(items, 1.0)
-
-
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("data") / "demo_hand"
     generate_demo_dataset(out, kind="hand", num_train=6, num_valid=2, seed=3)
     return out
-
-
-def test_config_selects_on_tuning_subset_of_train_and_never_on_valid(tiny_dataset):
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs" / "train.json"))
-    parser.update({"bundle_root": str(BUNDLE_ROOT), "dataset_dir": str(tiny_dataset), "tune_fraction": 0.34})
-    train_ids = {d["id"] for d in parser.get_parsed_content("train#dataset#data")}
-    val_ids = {d["id"] for d in parser.get_parsed_content("validate#dataset#data")}
-    source = LandmarkDataset(str(tiny_dataset))
-    all_train = {d["id"] for d in source.datalist("train")}
-    valid = {d["id"] for d in source.datalist("valid")}
-    assert len(val_ids) == 2 and val_ids <= all_train and val_ids.isdisjoint(valid)
-    assert train_ids == all_train - val_ids
 
 
 def test_max_minutes_ends_a_bundle_run_with_lr_near_zero(tiny_dataset, tmp_path):
@@ -151,3 +124,17 @@ def test_max_minutes_ends_a_bundle_run_with_lr_near_zero(tiny_dataset, tmp_path)
     assert re.search(r"resumed the learning-rate schedule after 0\.[12] min", log), log[-2000:]
     done = state["trainer"]["iteration"]
     assert re.search(rf"time budget of 0\.1 min spent after {done + 1} iterations", log), log[-2000:]
+
+
+def test_with_checkpoint_entries_extends_the_last_checkpoint_only(tmp_path):
+    net, other = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    last = LastCheckpoint(str(tmp_path / "last.ckpt"), {"network": net}, resume=True, interval=2)
+    handlers = with_checkpoint_entries(["stats", last], {"pose_discriminator": other})
+    assert handlers[0] == "stats" and handlers[1] is not last
+    assert handlers[1].save_dict == {"network": net, "pose_discriminator": other}
+    assert (handlers[1].path, handlers[1].resume, handlers[1].interval) == (last.path, True, 2)
+    assert last.save_dict == {"network": net}  # the original is untouched
+    with pytest.raises(ValueError, match="no scripts.handlers.LastCheckpoint"):
+        with_checkpoint_entries(["stats"], {"x": other})
+    with pytest.raises(ValueError, match="already saves \\['network'\\]"):
+        with_checkpoint_entries([last], {"network": other})

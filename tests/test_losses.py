@@ -1,4 +1,5 @@
-"""Tests of scripts.losses: masked heatmap SSE, Gaussian targets from points, learnable sigma."""
+"""Tests of scripts.losses: masked heatmap SSE, Gaussian targets from points, learnable sigma, and the
+adversarial losses (discriminator inputs and labels, masked binary cross-entropy)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,22 @@ import math
 import pytest
 import torch
 
+from scripts.coords import resize_matrix
+from scripts.data.synthetic import generate_demo_dataset
 from scripts.heatmap import gaussian_heatmaps
-from scripts.losses import HeatmapLoss, masked_sse
+from scripts.losses import (
+    HeatmapLoss,
+    discriminator_loss,
+    fake_labels,
+    generator_adversarial_loss,
+    masked_bce_with_logits,
+    masked_sse,
+    normalise_heatmaps_for_discriminator,
+)
+from tests.helpers import run_bundle
 
 H, W = 12, 16  # non-square
+K = 3
 
 
 def points_batch() -> torch.Tensor:
@@ -188,7 +201,7 @@ def test_normalised_target_peak_scales_with_sigma():
 
 @pytest.fixture(scope="module")
 def tiny_hand(tmp_path_factory):
-    from scripts.demo_data import generate_demo_dataset
+    from scripts.data.synthetic import generate_demo_dataset
 
     out = tmp_path_factory.mktemp("data") / "demo_hand"
     generate_demo_dataset(out, kind="hand", num_train=6, num_valid=2, seed=3)
@@ -222,3 +235,74 @@ def test_learnable_sigma_stays_sane_in_a_real_run_and_collapses_without_normalis
     assert sigma.min() >= 1.5 and sigma.max() <= 4.0, sigma
     fixed_peak = _sigma_after_short_run(tiny_hand, tmp_path / "fixed", normalize=False)
     assert fixed_peak.median() < 1.5, fixed_peak
+
+
+def test_normalisation_gives_real_and_generated_maps_the_same_value_range():
+    points = torch.tensor([[[5.2, 7.7], [10.0, 3.0], [float("nan")] * 2]])
+    real = gaussian_heatmaps(points, (16, 16), sigma=1.0, gamma=100.0)
+    generated = 0.3 * torch.randn(1, K, 16, 16, generator=torch.Generator().manual_seed(0)) - 0.1  # any scale and sign
+    generated[0, 1, 4, 9] = 0.2
+    generated[0, 2] = -1.0  # all negative
+    real_n, gen_n = normalise_heatmaps_for_discriminator(real), normalise_heatmaps_for_discriminator(generated)
+    assert real.amax() == pytest.approx(100.0, rel=1e-3) and generated.amin() < 0
+    for maps in (real_n[0, :2], gen_n[0, :2]):
+        assert maps.amin() == 0.0 and maps.amax(dim=(-2, -1)) == pytest.approx(torch.ones(2), abs=1e-5)
+    assert torch.equal(gen_n[0, 2], torch.zeros(16, 16))  # nothing positive: an empty map
+    assert torch.equal(real_n[0, 2], torch.zeros(16, 16))  # a missing landmark stays empty
+    # differentiable, so the generator is reached through it
+    x = generated.clone().requires_grad_(True)
+    normalise_heatmaps_for_discriminator(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def _matrix(orig_hw, net_hw, keep_aspect=False) -> torch.Tensor:
+    return torch.as_tensor(resize_matrix(orig_hw, net_hw, keep_aspect=keep_aspect), dtype=torch.float32)
+
+
+def test_fake_labels_measure_mm_in_the_original_image_when_spacing_is_known():
+    # original 200 x 400 px (H, W) resized to 100 x 100: 1 network px = 4 original px along x, 2 along y
+    net_from_orig = _matrix((200, 400), (100, 100))[None]
+    spacing = torch.tensor([[0.1, 0.2]])  # mm per original px
+    true = torch.tensor([[[50.0, 50.0]] * 4])
+    pred = true + torch.tensor([[[24.0, 0.0], [26.0, 0.0], [0.0, 24.0], [0.0, 26.0]]])
+    # x: 24 net px = 96 px = 9.6 mm (in), 26 -> 10.4 mm (out); y: 24 net px = 48 px = 9.6 mm (in), 26 -> 10.4 mm
+    labels = fake_labels(pred, true, net_from_orig, spacing, threshold_mm=10.0, threshold_px=1.0)
+    assert labels.tolist() == [[1.0, 0.0, 1.0, 0.0]]
+
+
+def test_fake_labels_measure_original_px_without_spacing_and_ignore_translation():
+    # letterboxed 100 x 300 -> 64 x 64: one scale 64/300 for both axes plus an offset along y
+    net_from_orig = _matrix((100, 300), (64, 64), keep_aspect=True)[None]
+    scale = 64 / 300
+    true = torch.tensor([[[20.0, 30.0], [20.0, 30.0], [20.0, 30.0], [float("nan"), float("nan")]]])
+    # 9.5 and 10.5 original px apart; both are far below 10 *network* px
+    pred = true + torch.tensor([[[9.5 * scale, 0.0], [0.0, 10.5 * scale], [6.0 * scale, 7.9 * scale], [0.0, 0.0]]])
+    pred[0, 3] = torch.tensor([20.0, 30.0])
+    labels = fake_labels(pred, true, net_from_orig, torch.tensor([[float("nan")] * 2]), threshold_mm=1e9, threshold_px=10.0)
+    assert labels.tolist() == [[1.0, 0.0, 1.0, 0.0]]  # (6, 7.9) is 9.92 px; missing truth -> 0
+
+
+def test_fake_labels_decide_per_sample_between_mm_and_px():
+    true = torch.zeros(2, 1, 2)
+    pred = torch.tensor([[[8.0, 0.0]], [[8.0, 0.0]]])  # 8 px apart in both samples (identity preprocessing)
+    spacing = torch.tensor([[2.0, 2.0], [float("nan"), float("nan")]])  # sample 0: 16 mm; sample 1: px only
+    labels = fake_labels(pred, true, None, spacing, threshold_mm=10.0, threshold_px=10.0)
+    assert labels.tolist() == [[0.0], [1.0]]
+    assert fake_labels(pred, true).tolist() == [[1.0], [1.0]]  # no matrix, no spacing: px
+    with pytest.raises(ValueError, match="spacing must be \\(B, 2\\)"):
+        fake_labels(pred, true, None, torch.ones(3, 2))
+
+
+def test_masked_bce_drops_masked_entries():
+    logits = torch.tensor([[2.0, -1.0, 50.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    expected = (math.log1p(math.exp(-2.0)) + math.log1p(math.exp(1.0))) / 2
+    assert masked_bce_with_logits(logits, 1.0, mask).item() == pytest.approx(expected, rel=1e-5)
+    loss = masked_bce_with_logits(logits, 1.0, torch.zeros(1, 3))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros(1, 3))
+    # the discriminator objective: real -> 1, generated -> its label
+    real, fake = torch.tensor([[3.0]]), torch.tensor([[-3.0]])
+    one = torch.ones(1, 1)
+    assert discriminator_loss(real, fake, torch.zeros(1, 1), one) < discriminator_loss(real, fake, one, one)
+    assert generator_adversarial_loss(fake, torch.ones(1, 1)) > generator_adversarial_loss(real, torch.ones(1, 1))

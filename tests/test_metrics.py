@@ -1,4 +1,5 @@
-"""Tests of scripts.metrics against hand-computed cases, and of MeanPointError in ignite / MONAI engines."""
+"""Tests of scripts.metrics: point errors in px and mm, IPE, outliers, SDR, the ignite metric, and the
+measures of adversarial training (discriminator accuracies, gradient ratio)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import pytest
 import torch
 from ignite.engine import Engine
 from ignite.exceptions import NotComputableError
-from PIL import Image
 
 from scripts.metrics import (
+    DiscriminatorAccuracy,
+    MeanOfMeasured,
     MeanPointError,
-    evaluation_report,
+    discriminator_counts,
+    gradient_norm_ratio,
     ipe_256,
     normalised_mm_spacing,
     outliers,
-    plot_cumulative_error,
     point_errors_mm,
     point_errors_px,
     point_errors_px256,
@@ -25,6 +27,7 @@ from scripts.metrics import (
     summarize,
     summarize_per_landmark,
 )
+
 
 NAN = float("nan")
 
@@ -187,67 +190,33 @@ def test_mean_point_error_as_monai_key_metric():
     assert evaluator.state.best_metric == pytest.approx(5.0, rel=1e-6)
 
 
-def test_evaluation_report_tables_and_summary():
-    true = np.zeros((2, 6, 2))
-    true[:, :, 0] = np.arange(6) * 20.0  # landmarks 1 and 5: 80 px apart -> 50/80 nmm/px
-    true[:, :, 1] = 10.0
-    pred = true.copy()
-    pred[0, 0] += [3.0, 4.0]  # 5 px
-    pred[0, 2] += [0.0, 30.0]  # 30 px
-    pred[1, 3] += [12.0, 5.0]  # 13 px
-    pred[1, 4] = NAN
-    spacing = np.array([[0.5, 0.5], [NAN, NAN]])
-    report = evaluation_report(
-        pred,
-        true,
-        orig_hw=(512, 256),
-        ids=["a", "b"],
-        spacing_mm=spacing,
-        radii_px=[5.0, 13.0],
-        radii_mm=[2.5],
-        outlier_radius_px256=10.0,
-        outlier_radius_mm=10.0,
-        normalised_mm=(1, 5, 50.0),
-        landmark_names=[f"L{i}" for i in range(6)],
-    )
-    s = report["summary"]
-    assert s["num_images"] == 2 and s["count_px"] == 11
-    assert s["mean_px"] == pytest.approx(48.0 / 11)
-    assert s["mean_mm"] == pytest.approx(0.5 * 35.0 / 6) and s["count_mm"] == 6
-    assert s["mean_nmm"] == pytest.approx(50.0 / 80.0 * 48.0 / 11)
-    # px256 of a 512 x 256 (H x W) image: dy halves, dx stays
-    assert s["ipe_px256"] == pytest.approx((math.hypot(3.0, 2.0) + 15.0 + math.hypot(12.0, 2.5)) / 11)
-    assert s["sdr_px_5"] == pytest.approx(9.0 / 11) and s["sdr_px_13"] == pytest.approx(10.0 / 11)
-    assert s["sdr_mm_2.5"] == pytest.approx(5.0 / 6)  # 5 px * 0.5 = 2.5 mm counts, 15 mm does not
-    assert s["outliers_px256_10"] == pytest.approx(1.0) and s["outlier_percent_px256_10"] == pytest.approx(200.0 / 11)
-    assert s["outliers_mm_10"] == pytest.approx(1.0)  # only image a has mm; its 15 mm error
-
-    per_image = {row["id"]: row for row in report["per_image"]}
-    assert per_image["a"]["num_evaluated"] == 6 and per_image["b"]["num_evaluated"] == 5
-    assert per_image["a"]["mean_px"] == pytest.approx(35.0 / 6)
-    assert np.isnan(per_image["b"]["mean_mm"])
-    assert per_image["b"]["outliers_px256_10"] == 1 and isinstance(per_image["b"]["outliers_px256_10"], int)
-
-    per_landmark = report["per_landmark"]
-    assert [row["name"] for row in per_landmark] == [f"L{i}" for i in range(6)]
-    assert per_landmark[4]["count"] == 1 and per_landmark[0]["mean_px"] == pytest.approx(2.5)
-    assert per_landmark[3]["max_px"] == pytest.approx(13.0)
-
-    assert len(report["per_point"]) == 12
-    row = report["per_point"][2]
-    assert row["id"] == "a" and row["name"] == "L2" and row["error_px"] == pytest.approx(30.0)
-    assert row["true_x"] == 40.0 and row["pred_y"] == 40.0
-    with pytest.raises(ValueError, match="1 ids for 2 images"):
-        evaluation_report(pred, true, (512, 256), ids=["a"])
+def test_gradient_norm_ratio_handles_terms_without_gradient():
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    assert gradient_norm_ratio((w * 2).sum(), (w**2).sum() / 2, [w]) == pytest.approx(2 * math.sqrt(2) / 5)
+    assert gradient_norm_ratio(torch.zeros(()), (w**2).sum(), [w]) == 0.0
+    assert w.grad is None  # nothing accumulated
 
 
-def test_plot_cumulative_error_writes_png(tmp_path):
-    path = plot_cumulative_error(
-        {"val": np.array([[1.0, 2.0], [NAN, 3.0]]), "test": [0.5, 4.0]}, tmp_path / "sub" / "cdf.png", unit="mm"
-    )
-    assert path.is_file()
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.size == (600, 400)
-        assert np.asarray(image.convert("L")).std() > 0
-    single = plot_cumulative_error([NAN, 2.0], tmp_path / "one.png", unit="px", title="t")
-    assert single.stat().st_size > 0
+def test_discriminator_counts_and_accuracies():
+    real = torch.tensor([[2.0, -1.0, 3.0], [0.5, 0.5, -9.0]])
+    fake = torch.tensor([[-2.0, 1.0, 3.0], [0.5, -0.5, 9.0]])
+    labels = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])  # generated landmark close enough -> 1
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])  # the last entry is dropped
+    counts = discriminator_counts(real, fake, labels, mask)
+    # real right: 2.0, 3.0, 0.5, 0.5 -> 4 of 5; generated right: -2 (0), 1 (1), 0.5 (1), -0.5 (0) -> 4 of 5
+    assert counts.tolist() == [4.0, 5.0, 4.0, 5.0]
+    accuracies = {which: DiscriminatorAccuracy("counts", which) for which in ("all", "real", "generated")}
+    for metric in accuracies.values():
+        metric.reset()
+        metric.update(counts)
+        metric.update(None)  # an iteration without this discriminator
+        metric.update(discriminator_counts(-real, fake, labels, mask))  # real now 1 of 5 right
+    assert accuracies["real"].compute() == pytest.approx(5 / 10)
+    assert accuracies["generated"].compute() == pytest.approx(8 / 10)
+    assert accuracies["all"].compute() == pytest.approx(13 / 20)
+    mean = MeanOfMeasured("grad_ratio")
+    mean.reset()
+    assert math.isnan(mean.compute())
+    for value in (0.2, float("nan"), 0.4):
+        mean.update(value)
+    assert mean.compute() == pytest.approx(0.3)
