@@ -1,19 +1,19 @@
 """Trust flags of a prediction: is the image a radiograph the model can handle, is the output confident?
 
 Every output of folder inference carries a per-image ``status`` (one of
-:data:`scripts.writers.STATUSES`), from the most serious finding:
+:data:`scripts.writers.landmarks.STATUSES`), from the most serious finding:
 
 * ``out_of_distribution``: the input is not what the model was trained on, whatever the network
   says: a DICOM ``Modality`` that is not a projection radiograph (not one of
   :data:`RADIOGRAPH_MODALITIES`, e.g. CT, MR, US, RTDOSE, SEG), a constant image, an image smaller
   than ``min_size`` pixels on a side, or a header spacing outside
-  :data:`scripts.io.PLAUSIBLE_SPACING_MM` (then the mm values are left out).
+  :data:`scripts.data.image_reader.PLAUSIBLE_SPACING_MM` (then the mm values are left out).
 * ``low_confidence``: the median landmark confidence (heatmap peak / its training height) is below
   ``min_confidence``.
 * ``ok``: neither.
 
 The image checks run at load time on the decoded image (:func:`image_problems`, used by
-:class:`scripts.transforms.LoadLandmarkImaged`); :class:`TrustStatusd` adds the confidence check in
+:class:`scripts.transforms.io.LoadLandmarkImaged`); :class:`TrustStatusd` adds the confidence check in
 the post-processing.
 """
 
@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
+
+from scripts.keys import LandmarkKeys
 
 __all__ = ["RADIOGRAPH_MODALITIES", "PROBLEM_SEPARATOR", "image_problems", "TrustStatus", "TrustStatusd"]
 
@@ -48,7 +50,7 @@ def image_problems(
     Args:
         array: the decoded image ``(H, W)``, any grey values.
         modality: DICOM ``Modality`` or ``None`` (not DICOM, or absent: not checked).
-        spacing_problem: :attr:`scripts.io.ImageRecord.spacing_problem` (a header spacing that was ignored).
+        spacing_problem: :attr:`scripts.data.image_reader.ImageRecord.spacing_problem` (a header spacing that was ignored).
         min_size: smallest height and width, pixels, of an image the model can place landmarks in.
     """
     problems = []
@@ -92,16 +94,16 @@ class TrustStatusd(MapTransform):
     """Dictionary version of :class:`TrustStatus`.
 
     Reads the confidences ``d[key]`` ``(N,)`` and ``d[problems_key]`` (the image problems joined by
-    :data:`PROBLEM_SEPARATOR`, as :class:`scripts.transforms.LoadLandmarkImaged` writes them; absent =
+    :data:`PROBLEM_SEPARATOR`, as :class:`scripts.transforms.io.LoadLandmarkImaged` writes them; absent =
     none) and writes ``d[status_key]`` (str) and ``d[reasons_key]`` (list of str).
     """
 
     def __init__(
         self,
-        keys: KeysCollection = "pred_confidence",
-        problems_key: str = "image_problems",
-        status_key: str = "status",
-        reasons_key: str = "status_reasons",
+        keys: KeysCollection = LandmarkKeys.PRED_CONFIDENCE,
+        problems_key: str = LandmarkKeys.IMAGE_PROBLEMS,
+        status_key: str = LandmarkKeys.STATUS,
+        reasons_key: str = LandmarkKeys.STATUS_REASONS,
         min_confidence: float = 0.2,
         allow_missing_keys: bool = False,
     ) -> None:
