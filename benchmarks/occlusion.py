@@ -73,10 +73,10 @@ from PIL import Image  # noqa: E402
 
 from benchmarks.compare_methods import METHODS  # noqa: E402
 from scripts.data import LandmarkDataset  # noqa: E402
-from scripts.demo_data import generate_demo_dataset  # noqa: E402
-from scripts.evaluation import write_csv, write_json  # noqa: E402
-from scripts.io import read_image  # noqa: E402
+from scripts.data.image_reader import read_image  # noqa: E402
+from scripts.data.synthetic import generate_demo_dataset  # noqa: E402
 from scripts.writers import atomic_write, write_text  # noqa: E402
+from scripts.writers.files import write_csv, write_json  # noqa: E402
 
 HAND_GROUPS = {
     "thumb": (17, 18, 19, 20),

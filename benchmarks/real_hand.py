@@ -54,7 +54,7 @@ from monai.bundle import ConfigWorkflow  # noqa: E402
 
 import scripts.heatmap  # noqa: E402
 from scripts.data import LandmarkDataset  # noqa: E402
-from scripts.evaluation import write_csv  # noqa: E402
+from scripts.writers.files import write_csv  # noqa: E402
 
 #: per-split figures of summary.json that are aggregated over seeds
 FIGURES = ("ipe_px256", "median_px256", "outliers_px256_10", "mean_px", "mean_nmm")

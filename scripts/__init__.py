@@ -1,6 +1,6 @@
 """Scripts of the 2D X-ray landmark detection bundle.
 
 Submodules are imported explicitly as ``scripts.<module>`` (for example ``scripts.coords``,
-``scripts.io``, ``scripts.data``); this package imports none of them itself, so importing one
+``scripts.data``, ``scripts.transforms``); this package imports none of them itself, so importing one
 module never pulls in the dependencies of the others.
 """

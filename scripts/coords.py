@@ -15,8 +15,8 @@ Convention (used by every module, CSV file and JSON output of the bundle):
 Frames: *original* (pixels of the file as read), *network* (pixels of the network input grid, after
 resizing and optional letterboxing). At the export edge only, two more: *physical* LPS mm for 3D
 Slicer, ``origin + direction @ (x * sx, y * sy, 0)`` with the file header's origin and direction
-(:mod:`scripts.slicer_markups`), and DICOM SCOORD ``(x + 0.5, y + 0.5)``, which counts from the
-top-left corner of the first pixel (:mod:`scripts.dicom_sr`). A 3x3 homogeneous matrix ``M`` maps column vectors
+(:mod:`scripts.writers.slicer_markups`), and DICOM SCOORD ``(x + 0.5, y + 0.5)``, which counts from the
+top-left corner of the first pixel (:mod:`scripts.writers.dicom_sr`). A 3x3 homogeneous matrix ``M`` maps column vectors
 ``(x, y, 1)`` from one frame to the other; ``net_from_orig`` and ``orig_from_net`` are inverses.
 """
 

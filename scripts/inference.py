@@ -43,12 +43,11 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from tqdm import tqdm
 
-from scripts.dicom_sr import is_dicom, require_highdicom, write_landmark_sr
-from scripts.engines import as_bool, load_checkpoint
+from scripts.checkpoints import load_checkpoint
+from scripts.data.image_reader import ImageReadError, is_image_candidate, read_image
 from scripts.heatmap import decode_heatmaps, points_to_mm, points_to_original
-from scripts.io import ImageReadError, is_image_candidate, read_image
 from scripts.provenance import PROVENANCE_COLUMNS, provenance_cells
-from scripts.slicer_markups import image_frame, write_markups_json
+from scripts.utils import as_bool
 from scripts.writers import (
     LandmarkCsvWriter,
     LandmarkResult,
@@ -62,6 +61,8 @@ from scripts.writers import (
     write_landmarks_json,
     write_overlay_png,
 )
+from scripts.writers.dicom_sr import is_dicom, require_highdicom, write_landmark_sr
+from scripts.writers.slicer_markups import image_frame, write_markups_json
 
 __all__ = [
     "FolderScan",

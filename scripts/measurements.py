@@ -1,6 +1,6 @@
 """Lower-limb measurements from the 6 landmarks of the ``lower_limb`` preset.
 
-Landmark order (``scripts.demo_data.LOWER_LIMB_LANDMARKS``, the preset's CSV columns): femoral head
+Landmark order (``scripts.data.phantoms.LOWER_LIMB_LANDMARKS``, the preset's CSV columns): femoral head
 right, knee right, ankle right, femoral head left, knee left, ankle left; points ``(x, y)`` in
 original pixels (:mod:`scripts.coords`), spacing ``(sx, sy)`` mm/px.
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-from scripts.demo_data import generate_demo_dataset
+from scripts.data.synthetic import generate_demo_dataset
 from tests.helpers import SMALL, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

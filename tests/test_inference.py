@@ -25,9 +25,9 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
 from scripts.coords import apply_matrix, resize_matrix
+from scripts.data.image_reader import read_image
 from scripts.heatmap import gaussian_heatmaps
 from scripts.inference import DecodeLandmarksd, LandmarksToOriginald, load_weights, scan_image_folder
-from scripts.io import read_image
 from scripts.transforms import ResizeWithLandmarks
 from scripts.writers import (
     LandmarkCsvWriter,

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from scripts.coords import apply_matrix
-from scripts.demo_data import LOWER_LIMB_LANDMARKS, generate_demo_dataset
+from scripts.data.phantoms import LOWER_LIMB_LANDMARKS
+from scripts.data.synthetic import generate_demo_dataset
 from scripts.measurements import LowerLimbMeasurements, hka_angle_deg
 from tests.helpers import write_dicom
 from tests.test_inference import FixedPeakNet, workflow

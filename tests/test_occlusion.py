@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from benchmarks.occlusion import HAND_GROUPS, LIMB_GROUPS, occlude, wrong_group, write_occluded_dataset
-from scripts.data import LandmarkDataset
-from scripts.demo_data import generate_demo_dataset, render_hand, render_lower_limb
-from scripts.io import read_image
+from scripts.data.datasets import LandmarkDataset
+from scripts.data.image_reader import read_image
+from scripts.data.phantoms import render_hand, render_lower_limb
+from scripts.data.synthetic import generate_demo_dataset
 
 
 def test_wrong_group_counts_points_nearer_another_finger_or_side():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.demo_data import generate_demo_dataset
+from scripts.data.synthetic import generate_demo_dataset
 from scripts.provenance import bundle_version, file_sha256
 from tests.helpers import run_bundle
 

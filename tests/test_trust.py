@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.io import read_image
-from scripts.transforms import LoadLandmarkImaged
+from scripts.data.image_reader import read_image
+from scripts.transforms.io import LoadLandmarkImaged
 from scripts.trust import PROBLEM_SEPARATOR, TrustStatus, TrustStatusd, image_problems
 from tests.helpers import write_dicom
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.demo_data import generate_demo_dataset
+from scripts.data.synthetic import generate_demo_dataset
 from scripts.networks.scn import SpatialConfigurationNet
 from tests.helpers import run_bundle
 
@@ -140,7 +140,7 @@ def test_training_on_label_images_as_monai_label_gives_them(tiny_dataset, tmp_pa
     label discs and the last epoch is still validated, so ``models/model.pt`` is written."""
     from scripts.data import LandmarkDataset
     from scripts.writers import landmark_label_image, write_label_image
-    from scripts.io import read_image_size
+    from scripts.data.image_reader import read_image_size
 
     source = LandmarkDataset(tiny_dataset)
 

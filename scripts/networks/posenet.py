@@ -16,7 +16,7 @@ Hourglass Networks for Human Pose Estimation", ECCV 2016.
 The discriminators return *logits* ``(B, K)``, not probabilities: the losses use
 ``binary_cross_entropy_with_logits``, which is numerically stable; ``torch.sigmoid`` gives the
 probabilities. Feed them heatmaps normalised by
-:func:`scripts.adversarial.normalise_heatmaps_for_discriminator`.
+:func:`scripts.losses.normalise_heatmaps_for_discriminator`.
 
 Heatmap grid and coordinates (pixel centres at integers, :mod:`scripts.coords`): a heatmap pixel
 ``k`` of stride ``s`` covers input pixels ``[k s - 0.5, (k + 1) s - 0.5]``, so a point ``x`` of the

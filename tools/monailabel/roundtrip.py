@@ -96,7 +96,7 @@ def build_datastore(bundle: Path, studies: Path, count: int) -> list[dict]:
     """Copy ``count`` demo images and write their landmark label images; returns the records."""
     sys.path.insert(0, str(bundle))
     from scripts.data import LandmarkDataset
-    from scripts.io import read_image_size
+    from scripts.data.image_reader import read_image_size
     from scripts.writers import landmark_label_image, write_label_image
 
     dataset = LandmarkDataset(bundle / "demo_data" / "hand")
