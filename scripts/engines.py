@@ -99,7 +99,11 @@ __all__ = [
 ]
 
 
-TARGET_KEYS = (LandmarkKeys.LANDMARKS, LandmarkKeys.LANDMARKS_MASK, LandmarkKeys.LANDMARKS_ORIG, LandmarkKeys.NET_FROM_ORIG, LandmarkKeys.ORIG_HW, LandmarkKeys.SPACING)
+TARGET_KEYS = tuple(
+    str(key)  # plain str: dicts keyed by LandmarkKeys members do not load with torch.load(weights_only=True)
+    for key in (LandmarkKeys.LANDMARKS, LandmarkKeys.LANDMARKS_MASK, LandmarkKeys.LANDMARKS_ORIG, LandmarkKeys.NET_FROM_ORIG,
+                LandmarkKeys.ORIG_HW, LandmarkKeys.SPACING)
+)
 """Batch keys passed on to the loss and the metrics as the engine's label."""
 
 
@@ -132,7 +136,7 @@ def decode_batch_points(heatmaps: torch.Tensor) -> torch.Tensor:
     return points
 
 
-DECODED_KEY = LandmarkKeys.PRED_POINTS
+DECODED_KEY = str(LandmarkKeys.PRED_POINTS)
 
 
 def decoded_points(output: Mapping) -> torch.Tensor:

@@ -108,7 +108,7 @@ class TrustStatusd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.problems_key, self.status_key, self.reasons_key = problems_key, status_key, reasons_key
+        self.problems_key, self.status_key, self.reasons_key = str(problems_key), str(status_key), str(reasons_key)
         self.trust = TrustStatus(min_confidence)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:

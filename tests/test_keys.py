@@ -19,6 +19,8 @@ def test_every_key_of_a_loaded_training_sample_is_a_landmark_key(tmp_path):
         LandmarkHeatmapd(spatial_size=(16, 16)),
     ])(item)
     assert set(sample) <= {key.value for key in LandmarkKeys}
+    # written as plain str, not as members: torch.load(weights_only=True) refuses dicts keyed by enum members
+    assert all(type(key) is str for key in sample)
     assert sample[LandmarkKeys.LANDMARKS_MASK].tolist() == [1.0, 0.0]
     # str members: dictionaries indexed with plain strings (configs) find the same entries
     assert LandmarkKeys.NET_FROM_ORIG == "net_from_orig" and "net_from_orig" in sample

@@ -71,14 +71,12 @@ class LoadLandmarkImaged(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.problems_key, self.preview_key = problems_key, preview_key
+        # written keys as plain str (not LandmarkKeys members): samples stay loadable with weights_only=True
+        self.problems_key = None if problems_key is None else str(problems_key)
+        self.preview_key = None if preview_key is None else str(preview_key)
         self.preview_max_size = int(preview_max_size)
-        self.spacing_key = spacing_key
-        self.points_key = points_key
-        self.orig_points_key = orig_points_key
-        self.orig_hw_key = orig_hw_key
-        self.source_key = source_key
-        self.matrix_key = matrix_key
+        self.spacing_key, self.points_key, self.orig_points_key = str(spacing_key), str(points_key), str(orig_points_key)
+        self.orig_hw_key, self.source_key, self.matrix_key = str(orig_hw_key), str(source_key), str(matrix_key)
 
     def _given_spacing(self, value, path: str) -> np.ndarray | None:
         if value is None:
@@ -178,8 +176,8 @@ class LandmarksFromLabelImaged(MapTransform):
     ) -> None:
         super().__init__(label_key, allow_missing_keys=True)
         self.converter = LabelImageToLandmarks(num_landmarks)
-        self.label_key, self.points_key, self.orig_points_key = label_key, points_key, orig_points_key
-        self.orig_hw_key, self.image_key = orig_hw_key, image_key
+        self.label_key, self.points_key, self.orig_points_key = str(label_key), str(points_key), str(orig_points_key)
+        self.orig_hw_key, self.image_key = str(orig_hw_key), str(image_key)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

@@ -117,7 +117,7 @@ class ResizeWithLandmarksd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.resizer = ResizeWithLandmarks(spatial_size, keep_aspect)
         self.points_keys = ensure_tuple(points_keys)
-        self.matrix_key = matrix_key
+        self.matrix_key = str(matrix_key)  # plain str: samples stay loadable with weights_only=True
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)

@@ -10,7 +10,6 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import ensure_tuple
 
@@ -116,8 +115,7 @@ class LandmarkHeatmapd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(points_key, allow_missing_keys)
-        self.heatmap_key = heatmap_key
-        self.mask_key = mask_key
+        self.heatmap_key, self.mask_key = str(heatmap_key), str(mask_key)  # plain str, see LandmarkKeys
         self.generator = LandmarkHeatmap(spatial_size, sigma, gamma, points_spatial_size)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
@@ -143,7 +141,7 @@ class LandmarkMaskd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(points_key, allow_missing_keys)
-        self.mask_key = mask_key
+        self.mask_key = str(mask_key)
         self.masker = LandmarkMask(spatial_size, points_spatial_size)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
