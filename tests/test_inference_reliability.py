@@ -20,7 +20,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 
 import scripts.inference
-import scripts.transforms
+import scripts.transforms.io
 from scripts.inference import FolderInferenceError
 from scripts.writers import output_path
 from tests.helpers import tiny_checkpoint, write_dicom
@@ -188,8 +188,8 @@ def test_trust_flags_and_named_errors_in_a_folder(tmp_path, monkeypatch):
     (inp / "gone.dcm").symlink_to(tmp_path / "deleted.dcm")
 
     decodes = []
-    read = scripts.transforms.read_image
-    monkeypatch.setattr(scripts.transforms, "read_image", lambda path: decodes.append(path) or read(path))
+    read = scripts.transforms.io.read_image
+    monkeypatch.setattr(scripts.transforms.io, "read_image", lambda path: decodes.append(path) or read(path))
     monkeypatch.setattr(scripts.inference, "read_image", lambda path: decodes.append(path) or read(path))
 
     points_net = np.array([[8.0 + (k % 6) * 3, 6.0 + (k // 6) * 3] for k in range(NUM_LANDMARKS)])
