@@ -270,7 +270,8 @@ def split_off_tuning(datalist: list[dict], fraction: float) -> tuple[list[dict],
     count = min(max(1, round(fraction * len(datalist))), len(datalist) - 1)
     ranked = sorted(datalist, key=lambda d: hashlib.sha1(f"tune:{d['id']}".encode("utf-8")).digest())
     tuning_ids = {d[LandmarkKeys.ID] for d in ranked[:count]}
-    return [d for d in datalist if d[LandmarkKeys.ID] not in tuning_ids], [d for d in datalist if d[LandmarkKeys.ID] in tuning_ids]
+    kept = [d for d in datalist if d[LandmarkKeys.ID] not in tuning_ids]
+    return kept, [d for d in datalist if d[LandmarkKeys.ID] in tuning_ids]
 
 
 def _scan_images(images_dir: Path) -> dict[str, Path]:
@@ -424,10 +425,10 @@ class LandmarkDataset:
             )
         return [
             {
-                LandmarkKeys.ID: row_id,
-                LandmarkKeys.IMAGE: str(self._images[row_id]),
-                LandmarkKeys.LANDMARKS: self._landmarks[row_id].copy(),
-                LandmarkKeys.SPACING: None if self._spacing[row_id] is None else list(self._spacing[row_id]),
+                LandmarkKeys.ID.value: row_id,
+                LandmarkKeys.IMAGE.value: str(self._images[row_id]),
+                LandmarkKeys.LANDMARKS.value: self._landmarks[row_id].copy(),
+                LandmarkKeys.SPACING.value: None if self._spacing[row_id] is None else list(self._spacing[row_id]),
             }
             for row_id in self.splits[split]
         ]
