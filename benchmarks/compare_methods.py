@@ -51,27 +51,36 @@ def parse_args(argv=None):
     p.add_argument("--budget-minutes", type=float, default=20.0, help="wall-clock training budget per method")
     p.add_argument("--methods", default="scn,hourglass,hourglass_adv", help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    p.add_argument("--seed", type=int, default=0, help="the seed of every method's run")
     p.add_argument("--data-overlay", default="configs/hand.json", help="data overlay ('none': the demo contract)")
     p.add_argument("--out", default=str(ROOT / "bench_out" / "compare"))
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON", help="passed to every method")
     return p.parse_args(argv)
 
 
-def run_method(name: str, args, out: Path) -> dict:
-    _, overlays, overrides = METHODS[name]
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "real_hand.py"), "--dataset_dir", args.dataset_dir,
-           "--budget-minutes", str(args.budget_minutes), "--data-overlay", args.data_overlay,
-           "--out", str(out / name), "--report-minutes", str(args.budget_minutes)]
+def real_hand_command(method: str, dataset_dir, budget: float, data_overlay: str, out: Path, seed: int,
+                      threads: int | None, overrides: list[str]) -> list[str]:
+    """The ``real_hand.py`` command that trains ``method`` (one seed) at a wall-clock budget into ``out``."""
+    _, overlays, method_overrides = METHODS[method]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "real_hand.py"), "--dataset_dir", str(dataset_dir),
+           "--budget-minutes", str(budget), "--data-overlay", data_overlay, "--out", str(out),
+           "--report-minutes", str(budget), "--seeds", str(seed)]
     for overlay in overlays:
         cmd += ["--overlay", overlay]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    for item in overrides + args.override:
+    if threads:
+        cmd += ["--threads", str(threads)]
+    for item in method_overrides + overrides:
         cmd += ["--override", item]
+    return cmd
+
+
+def run_method(name: str, args, out: Path) -> dict:
+    cmd = real_hand_command(name, args.dataset_dir, args.budget_minutes, args.data_overlay, out / name, args.seed,
+                            args.threads, args.override)
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
-    result = json.loads((out / name / "result.json").read_text())
+    result = json.loads((out / name / f"seed{args.seed}" / "result.json").read_text())
     result["process_minutes"] = (time.perf_counter() - start) / 60.0
     return result
 

@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.compare_methods import METHODS  # noqa: E402
+from benchmarks.compare_methods import METHODS, real_hand_command  # noqa: E402
 from scripts.data import LandmarkDataset  # noqa: E402
 from scripts.demo_data import generate_demo_dataset  # noqa: E402
 from scripts.evaluation import write_csv, write_json  # noqa: E402
@@ -287,16 +287,7 @@ def measure(per_point_csv: Path, groups: dict, occluded: dict[str, list[int]] | 
 def train(method: str, seed: int, dataset_dir: Path, overlay: str, budget: float, out: Path, args) -> Path:
     """Train ``method`` with ``real_hand.py`` (one seed, checkpoint selected on its tuning subset carved
     from ``train``) at a wall-clock budget; return the seed's folder (``models/model.pt``, ``result.json``)."""
-    _, method_overlays, overrides = METHODS[method]
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "real_hand.py"), "--dataset_dir", str(dataset_dir),
-           "--budget-minutes", str(budget), "--data-overlay", overlay, "--out", str(out),
-           "--report-minutes", str(budget), "--seeds", str(seed)]
-    for method_overlay in method_overlays:
-        cmd += ["--overlay", method_overlay]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    for item in overrides + args.override:
-        cmd += ["--override", item]
+    cmd = real_hand_command(method, dataset_dir, budget, overlay, out, seed, args.threads, args.override)
     cmd += args.real_hand_arg
     print(f"\n=== train {method} seed {seed}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
