@@ -69,5 +69,5 @@ def prepare_demo_dataset(dataset_dir, demo_dir, kind: str) -> str | None:
     existed = (demo / "landmarks.csv").is_file()
     path = generate_demo_dataset(demo, kind=kind)
     if not existed:
-        logger.warning(f"wrote the synthetic demo dataset ({kind}) to {path}; pass --dataset_dir DIR for your data")
+        logger.info(f"wrote the synthetic demo dataset ({kind}) to {path}; pass --dataset_dir DIR for your data")
     return str(path)
