@@ -1,16 +1,17 @@
 """Equal wall-clock comparison of the bundle's methods on the hand radiographs (hand-ipilab format).
 
 Runs :mod:`benchmarks.real_hand` once per method, one after the other in fresh processes, with the
-same budget, preset, data, threads and seed, and writes a Markdown table of the results:
+same budget, data overlay, data, threads and seed, and writes a Markdown table of the results:
 
-* ``scn``: SpatialConfiguration-Net, ``configs/train.json``;
-* ``hourglass``: the stacked hourglass alone (intermediate supervision, MSE only):
-  ``configs/train_adversarial.json`` with ``adversarial_alpha = adversarial_beta = 0`` (the
+* ``scn``: SpatialConfiguration-Net, ``configs/train.json`` (+ the data overlay);
+* ``hourglass``: the stacked hourglass alone (intermediate supervision, MSE only): the overlay
+  ``configs/adversarial.json`` with ``adversarial_alpha = adversarial_beta = 0`` (the
   discriminators are then neither run nor trained);
 * ``hourglass_adv``: the hourglass with the pose and confidence discriminators (Adversarial PoseNet), at
   the config's balanced weights (``adversarial_alpha`` 1e-4, ``adversarial_beta`` 1.25e-4, times gamma**2;
   the run's TensorBoard log under ``<out>/hourglass_adv/runs`` has the ``adversarial/grad_ratio`` it reached);
-* ``scn_adv``: the SCN as the generator of the adversarial engine (``--methods`` to include it).
+* ``scn_adv``: the SCN (train.json's ``network_def``) as the generator of the adversarial engine
+  (``--methods`` to include it).
 
 Every method selects its checkpoint on split ``valid`` and is evaluated on every split of
 ``splits.csv`` other than ``train``. Outputs under ``--out``: one ``real_hand.py`` folder per method,
@@ -32,13 +33,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+ADVERSARIAL = "configs/adversarial.json"
+#: train.json's network (the SCN), as an override of the adversarial overlay's generator
+SCN_NETWORK_DEF = json.dumps(json.loads((ROOT / "configs" / "train.json").read_text())["network_def"])
+#: name -> (label, method overlays merged after train.json and the data overlay, overrides KEY=JSON)
 METHODS = {
-    "scn": ("SCN", "configs/train.json", []),
-    "hourglass": ("Hourglass alone", "configs/train_adversarial.json",
-                  ["adversarial_alpha=0.0", "adversarial_beta=0.0"]),
-    "hourglass_adv": ("Hourglass + pose & confidence discriminators", "configs/train_adversarial.json", []),
-    "scn_adv": ("SCN + pose & confidence discriminators", "configs/train_adversarial.json",
-                ['network_def="%configs/train.json::network_def"']),
+    "scn": ("SCN", [], []),
+    "hourglass": ("Hourglass alone", [ADVERSARIAL], ["adversarial_alpha=0.0", "adversarial_beta=0.0"]),
+    "hourglass_adv": ("Hourglass + pose & confidence discriminators", [ADVERSARIAL], []),
+    "scn_adv": ("SCN + pose & confidence discriminators", [ADVERSARIAL], [f"network_def={SCN_NETWORK_DEF}"]),
 }
 
 
@@ -48,25 +51,36 @@ def parse_args(argv=None):
     p.add_argument("--budget-minutes", type=float, default=20.0, help="wall-clock training budget per method")
     p.add_argument("--methods", default="scn,hourglass,hourglass_adv", help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--threads", type=int, default=None, help="torch threads per run")
-    p.add_argument("--preset", default="hand")
+    p.add_argument("--seed", type=int, default=0, help="the seed of every method's run")
+    p.add_argument("--data-overlay", default="configs/hand.json", help="data overlay ('none': the demo contract)")
     p.add_argument("--out", default=str(ROOT / "bench_out" / "compare"))
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON", help="passed to every method")
     return p.parse_args(argv)
 
 
-def run_method(name: str, args, out: Path) -> dict:
-    _, config, overrides = METHODS[name]
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "real_hand.py"), "--dataset_dir", args.dataset_dir,
-           "--budget-minutes", str(args.budget_minutes), "--preset", args.preset, "--config", config,
-           "--out", str(out / name), "--report-minutes", str(args.budget_minutes)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    for item in overrides + args.override:
+def real_hand_command(method: str, dataset_dir, budget: float, data_overlay: str, out: Path, seed: int,
+                      threads: int | None, overrides: list[str]) -> list[str]:
+    """The ``real_hand.py`` command that trains ``method`` (one seed) at a wall-clock budget into ``out``."""
+    _, overlays, method_overrides = METHODS[method]
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "real_hand.py"), "--dataset_dir", str(dataset_dir),
+           "--budget-minutes", str(budget), "--data-overlay", data_overlay, "--out", str(out),
+           "--report-minutes", str(budget), "--seeds", str(seed)]
+    for overlay in overlays:
+        cmd += ["--overlay", overlay]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    for item in method_overrides + overrides:
         cmd += ["--override", item]
+    return cmd
+
+
+def run_method(name: str, args, out: Path) -> dict:
+    cmd = real_hand_command(name, args.dataset_dir, args.budget_minutes, args.data_overlay, out / name, args.seed,
+                            args.threads, args.override)
     print(f"\n=== {name}: {' '.join(cmd)}", flush=True)
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
-    result = json.loads((out / name / "result.json").read_text())
+    result = json.loads((out / name / f"seed{args.seed}" / "result.json").read_text())
     result["process_minutes"] = (time.perf_counter() - start) / 60.0
     return result
 
@@ -105,7 +119,7 @@ def main(argv=None) -> dict:
         results[name] = run_method(name, args, out)
         (out / "comparison.json").write_text(json.dumps(results, indent=2))
     splits = sorted(set.intersection(*(set(r["splits"]) for r in results.values())))
-    text = [f"Budget {args.budget_minutes:g} min of training per method (wall clock), preset {args.preset}, "
+    text = [f"Budget {args.budget_minutes:g} min of training per method (wall clock), data overlay {args.data_overlay}, "
             f"threads {args.threads or 'default'}; checkpoint selected on valid."]
     for split in splits:
         text += ["", f"Split `{split}`:", "", table(results, split)]

@@ -8,9 +8,9 @@ clean evaluation split and on occluded copies of it, and writes a table.
 Datasets (``--datasets``):
 
 * ``hand``: the real hand radiographs (``--dataset_dir``, default ``../shared/data/hand-ipilab``; skipped
-  with a message where absent), preset ``hand``, evaluated on ``--hand-eval-split`` (``valid``).
+  with a message where absent), overlay ``configs/hand.json``, evaluated on ``--hand-eval-split`` (``valid``).
 * ``lower_limb``: synthetic long-leg radiographs (``scripts/demo_data.py``, seed 0, 32 train / 8 valid /
-  8 test images of 1024 x 400 px), preset ``lower_limb``; checkpoints are selected on a tuning subset of
+  8 test images of 1024 x 400 px), overlay ``configs/lower_limb.json``; checkpoints are selected on a tuning subset of
   ``train`` and evaluated on ``test``.
 
 Occlusions (deterministic functions of each image's annotation; applied at evaluation only, to copies
@@ -18,7 +18,7 @@ written under ``--out``; the inputs are never modified):
 
 * ``implant``: metal (the image type's maximum grey value, brighter than any bone).
   Hand: a plate of 40 x 10 normalised mm (landmarks 1-5 = 50 mm) along the middle finger, centred on its
-  MCP joint (landmark 25), with three screw heads. Lower limb: ``scripts.demo_data`` draws a hip stem and
+  MCP joint (landmark 25), with three screw heads. Lower limb: ``scripts.data.synthetic`` draws a hip stem and
   ball on the right femoral head and a knee replacement on the left knee into the same anatomy
   (``implants=("hip_right", "knee_left")``).
 * ``collimation``: a collimator blade perpendicular to the long axis (hand: radius landmark 2 -> middle
@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.compare_methods import METHODS  # noqa: E402
+from benchmarks.compare_methods import METHODS, real_hand_command  # noqa: E402
 from scripts.data import LandmarkDataset  # noqa: E402
 from scripts.data.image_reader import read_image  # noqa: E402
 from scripts.data.synthetic import generate_demo_dataset  # noqa: E402
@@ -90,8 +90,8 @@ LIMB_IMPLANTS = ("hip_right", "knee_left")
 LIMB_IMPLANTED_LANDMARKS = (0, 4)
 LIMB_DATA = {"kind": "lower_limb", "num_train": 32, "num_valid": 8, "num_test": 8, "seed": 0}
 DATASETS = {
-    "hand": {"preset": "hand", "groups": HAND_GROUPS, "conditions": ("clean", "implant", "collimation", "missing_finger")},
-    "lower_limb": {"preset": "lower_limb", "groups": LIMB_GROUPS, "conditions": ("clean", "implant", "collimation")},
+    "hand": {"overlay": "configs/hand.json", "groups": HAND_GROUPS, "conditions": ("clean", "implant", "collimation", "missing_finger")},
+    "lower_limb": {"overlay": "configs/lower_limb.json", "groups": LIMB_GROUPS, "conditions": ("clean", "implant", "collimation")},
 }
 
 
@@ -284,35 +284,28 @@ def measure(per_point_csv: Path, groups: dict, occluded: dict[str, list[int]] | 
 # ------------------------------------------------------------------------------------------ train, evaluate
 
 
-def train(method: str, seed: int, dataset_dir: Path, preset: str, budget: float, out: Path, args) -> Path:
+def train(method: str, seed: int, dataset_dir: Path, overlay: str, budget: float, out: Path, args) -> Path:
     """Train ``method`` with ``real_hand.py`` (one seed, checkpoint selected on its tuning subset carved
     from ``train``) at a wall-clock budget; return the seed's folder (``models/model.pt``, ``result.json``)."""
-    _, config, overrides = METHODS[method]
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "real_hand.py"), "--dataset_dir", str(dataset_dir),
-           "--budget-minutes", str(budget), "--preset", preset, "--config", config, "--out", str(out),
-           "--report-minutes", str(budget), "--seeds", str(seed)]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
-    for item in overrides + args.override:
-        cmd += ["--override", item]
+    cmd = real_hand_command(method, dataset_dir, budget, overlay, out, seed, args.threads, args.override)
     cmd += args.real_hand_arg
     print(f"\n=== train {method} seed {seed}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
     return out / f"seed{seed}"
 
 
-def evaluate(method: str, ckpt: Path, dataset_dir: Path, split: str, preset: str, reference_image, eval_dir: Path) -> Path:
-    """Evaluate a checkpoint with ``['configs/train.json', 'configs/evaluate.json']``; return ``per_point.csv``."""
-    from monai.bundle import ConfigParser, ConfigWorkflow
+def evaluate(method: str, ckpt: Path, dataset_dir: Path, split: str, overlay: str, reference_image, eval_dir: Path) -> Path:
+    """Evaluate a checkpoint with train.json, the data overlay, the method's overlays and evaluate.json (and the
+    method's overrides, e.g. its network_def); return ``per_point.csv``."""
+    from monai.bundle import ConfigWorkflow
 
-    _, config, _ = METHODS[method]
-    parser = ConfigParser()
-    parser.read_config(str(ROOT / config))
-    overrides = {"preset": preset, "dataset_dir": str(dataset_dir), "split": split, "eval_dir": str(eval_dir),
-                 "ckpt_path": str(ckpt), "ckpt_dir": str(ckpt.parent), "network_def": parser.get("network_def"),
-                 "reference_image": reference_image}
+    _, method_overlays, method_overrides = METHODS[method]
+    overrides = {key: json.loads(value) for key, _, value in (item.partition("=") for item in method_overrides)}
+    overrides.update({"dataset_dir": str(dataset_dir), "split": split, "eval_dir": str(eval_dir),
+                      "ckpt_path": str(ckpt), "ckpt_dir": str(ckpt.parent), "reference_image": reference_image})
+    files = ["configs/train.json", overlay, *method_overlays, "configs/evaluate.json"]
     os.chdir(ROOT)
-    workflow = ConfigWorkflow(config_file=[str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "evaluate.json")],
+    workflow = ConfigWorkflow(config_file=[str(ROOT / f) for f in files],
                               workflow_type="eval", meta_file=str(ROOT / "configs" / "metadata.json"), **overrides)
     workflow.initialize()
     workflow.run()
@@ -320,16 +313,15 @@ def evaluate(method: str, ckpt: Path, dataset_dir: Path, split: str, preset: str
     return eval_dir / "per_point.csv"
 
 
-def reference_image_of(dataset_dir: Path, preset: str) -> str | None:
-    """The preset's histogram-matching reference inside the *original* dataset folder (or None)."""
-    presets = json.loads((ROOT / "configs" / "train.json").read_text())["presets"]
-    name = presets[preset]["reference_image"]
+def reference_image_of(dataset_dir: Path, overlay: str) -> str | None:
+    """The overlay's histogram-matching reference inside the *original* dataset folder (or None)."""
+    name = json.loads((ROOT / overlay).read_text()).get("reference_image_file")
     return str(dataset_dir / name) if name else None
 
 
 def run_dataset(dataset: str, args, out: Path) -> list[dict]:
     spec = DATASETS[dataset]
-    preset = spec["preset"]
+    overlay = spec["overlay"]
     if dataset == "hand":
         dataset_dir = Path(args.dataset_dir).resolve()
         if not (dataset_dir / "landmarks.csv").is_file():
@@ -339,7 +331,7 @@ def run_dataset(dataset: str, args, out: Path) -> list[dict]:
     else:
         dataset_dir = generate_demo_dataset(out / "data" / "clean", **LIMB_DATA)
         eval_split, budget, unit_mm = "test", args.limb_budget_minutes, "mm"
-    reference = reference_image_of(dataset_dir, preset)
+    reference = reference_image_of(dataset_dir, overlay)
 
     folders: dict[str, tuple[Path, dict | None]] = {"clean": (dataset_dir, None)}
     for condition in spec["conditions"][1:]:
@@ -357,13 +349,13 @@ def run_dataset(dataset: str, args, out: Path) -> list[dict]:
         for seed in args.seeds:
             run_dir = out / "train" / method / f"seed{seed}"
             if not args.skip_training:
-                train(method, seed, dataset_dir, preset, budget, run_dir.parent, args)
+                train(method, seed, dataset_dir, overlay, budget, run_dir.parent, args)
             ckpt = run_dir / "models" / "model.pt"
             if not ckpt.is_file():
                 raise SystemExit(f"occlusion: no checkpoint {ckpt}; train first (drop --skip-training).")
             result = json.loads((run_dir / "result.json").read_text()) if (run_dir / "result.json").is_file() else {}
             for condition, (folder, occluded) in folders.items():
-                per_point = evaluate(method, ckpt, folder, eval_split, preset, reference,
+                per_point = evaluate(method, ckpt, folder, eval_split, overlay, reference,
                                      out / "eval" / f"{method}_seed{seed}" / condition)
                 figures = measure(per_point, spec["groups"], occluded, unit_mm)
                 if condition == "clean":  # the landmarks each occluder hides, seen without it

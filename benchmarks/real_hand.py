@@ -12,7 +12,11 @@ The budget is a first-class training option: ``--budget-minutes`` sets the confi
 (minus the time spent before the trainer starts, e.g. caching), and ``--lr-schedule`` (default
 ``cosine``, after a linear warm-up) is driven by the elapsed fraction of it, so every run ends with
 a finished schedule (``scripts.handlers.BudgetLrSchedule``). Configs without that handler
-(``configs/train_adversarial.json``) stop at the last epoch end that fits, as before.
+stop at the last epoch end that fits, as before.
+
+Configs: ``configs/train.json``, then the data overlay (``--data-overlay``, default ``configs/hand.json``),
+then the method overlays (``--overlay configs/adversarial.json`` for Adversarial PoseNet); evaluation
+merges the same files and ``configs/evaluate.json``.
 
 Writes, under ``--out``/``seed<k>``:
 
@@ -68,12 +72,15 @@ def parse_args(argv=None):
     p.add_argument("--tune-fraction", type=float, default=0.11,
                    help="fraction of train held out for checkpoint selection (0.11: 10 of 91)")
     p.add_argument("--out", default=str(ROOT / "bench_out" / "hand"))
-    p.add_argument("--config", default="configs/train.json",
-                   help="training config, relative to the bundle root (e.g. configs/train_adversarial.json)")
+    p.add_argument("--data-overlay", default="configs/hand.json",
+                   help="data overlay merged after configs/train.json ('none': the default demo contract)")
+    p.add_argument("--overlay", action="append", default=[], metavar="FILE",
+                   help="method overlay merged after the data overlay, e.g. configs/adversarial.json (repeatable)")
+    p.add_argument("--config", help=argparse.SUPPRESS)  # removed: gives the new form
+    p.add_argument("--preset", help=argparse.SUPPRESS)  # removed: gives the new form
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    p.add_argument("--preset", default="hand")
     p.add_argument("--num-filters", type=int, default=64)
-    p.add_argument("--sigma", type=float, default=None, help="heatmap sigma (network px); preset value if unset")
+    p.add_argument("--sigma", type=float, default=None, help="heatmap sigma (network px); the overlay's if unset")
     p.add_argument("--learning-rate", type=float, default=1e-4)
     p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "linear", "none"),
                    help="schedule over the budget (none: constant learning rate)")
@@ -81,7 +88,19 @@ def parse_args(argv=None):
     p.add_argument("--report-minutes", default="10,20,30,45,60,90,120", help="budgets to report, minutes")
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
                    help="extra config override, e.g. --override learnable_sigma=true --override scn_variant='\"fast\"'")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.preset is not None:
+        p.error(f"--preset was removed: use --data-overlay configs/{args.preset}.json (none for demo_hand)")
+    if args.config is not None:
+        p.error("--config was removed: configs/train.json is always first; add method overlays with --overlay, "
+                "e.g. --overlay configs/adversarial.json (for configs/train_adversarial.json)")
+    return args
+
+
+def config_files(args, *last: str) -> list[str]:
+    """configs/train.json, the data overlay, the method overlays, then ``last``, as absolute paths."""
+    data = [] if args.data_overlay in ("", "none") else [args.data_overlay]
+    return [str(ROOT / f) for f in ["configs/train.json", *data, *args.overlay, *last]]
 
 
 def main(argv=None) -> dict:
@@ -91,7 +110,7 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = Path(args.out).resolve()
     runs = [run_seed(args, seed, out / f"seed{seed}") for seed in seeds]
-    summary = {"config": args.config, "budget_minutes": args.budget_minutes, "tune_fraction": args.tune_fraction,
+    summary = {"config": config_files(args), "budget_minutes": args.budget_minutes, "tune_fraction": args.tune_fraction,
                "seeds": seeds, "runs": runs, "over_seeds": aggregate(runs)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -124,7 +143,6 @@ def run_seed(args, seed: int, out: Path) -> dict:
     script_start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     overrides = {
-        "preset": args.preset,
         "dataset_dir": str(Path(args.dataset_dir).resolve()),
         "ckpt_dir": str(out / "models"),
         "output_dir": str(out / "runs"),
@@ -138,13 +156,13 @@ def run_seed(args, seed: int, out: Path) -> dict:
         "seed": seed,
     }
     if args.sigma is not None:
-        overrides[f"presets#{args.preset}#sigma"] = args.sigma
+        overrides["sigma"] = args.sigma
     for item in args.override:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
 
-    os.chdir(ROOT)  # configs/train_adversarial.json reads train.json through paths relative to the bundle root
-    train = ConfigWorkflow(config_file=str(ROOT / args.config), workflow_type="train",
+    os.chdir(ROOT)  # the configs' bundle_root is "."
+    train = ConfigWorkflow(config_file=config_files(args), workflow_type="train",
                            meta_file=str(ROOT / "configs" / "metadata.json"), **overrides)
     train.initialize()
     trainer = train.parser.get_parsed_content("train#trainer")
@@ -198,8 +216,6 @@ def run_seed(args, seed: int, out: Path) -> dict:
             budgets.append({"budget_minutes": minutes, **best})
     write_csv(out / "budgets.csv", budgets)
 
-    # evaluation always runs train.json + evaluate.json; another training config's generator comes along
-    eval_overrides = {**overrides, "network_def": train.parser.get("network_def")}
     splits = [s for s in LandmarkDataset(overrides["dataset_dir"]).split_names() if s != "train"]
     summaries = {}
     for split in splits:
@@ -209,9 +225,9 @@ def run_seed(args, seed: int, out: Path) -> dict:
             scripts.heatmap.DEFAULT_DECODE_METHOD = method  # the evaluator decodes with the module default
             try:
                 ev = ConfigWorkflow(
-                    config_file=[str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "evaluate.json")],
+                    config_file=config_files(args, "configs/evaluate.json"),
                     workflow_type="eval", meta_file=str(ROOT / "configs" / "metadata.json"),
-                    **{**eval_overrides, "split": split, "eval_dir": str(out / "eval" / name)},
+                    **{**overrides, "split": split, "eval_dir": str(out / "eval" / name)},
                 )
                 ev.initialize()
                 ev.run()
@@ -220,7 +236,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
                 scripts.heatmap.DEFAULT_DECODE_METHOD = default
             summaries[name] = json.loads((out / "eval" / name / "summary.json").read_text())
 
-    result = {"seed": seed, "config": args.config, "threads": torch.get_num_threads(), "num_tune": num_tune,
+    result = {"seed": seed, "config": config_files(args), "threads": torch.get_num_threads(), "num_tune": num_tune,
               "train_minutes": train_minutes, "wall_minutes_to_end_of_training": wall_minutes,
               "ended_by_budget_schedule": bool(attached and schedule.ended_by_budget),
               "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,

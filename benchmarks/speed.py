@@ -7,7 +7,7 @@ Compares, side by side in one process on the same machine:
   paper-faithful SCN (``SCN_VARIANTS["paper"]``);
 * ``fast_scn``: the same loop with the fast SCN (``SCN_VARIANTS["fast"]``: local appearance at 1/2
   resolution, 3x3 convolutions, lighter SC), and ``hourglass``: the same loop with the stacked
-  hourglass of ``configs/train_adversarial.json`` (its ``network_def``, heatmaps up-sampled to the
+  hourglass of ``configs/adversarial.json`` (its ``network_def``, heatmaps up-sampled to the
   input, no discriminators); leave both out with ``--skip-networks``;
 * ``project``: what ``configs/train.json`` resolves to on this machine (network, loss, optimizer,
   inferer and the MONAI ``SupervisedTrainer`` built through ``monai.bundle.ConfigParser``, with
@@ -23,8 +23,8 @@ size (RSS) high-water mark above the RSS at the start of the measured phase (Lin
 
 Usage::
 
-    python benchmarks/speed.py                      # demo_hand preset, 128 x 128
-    python benchmarks/speed.py --preset hand --json bench_out/hand.json
+    python benchmarks/speed.py                      # configs/train.json: the demo hand, 128 x 128
+    python benchmarks/speed.py --overlay configs/hand.json --json bench_out/hand.json   # 256 x 256
 """
 
 from __future__ import annotations
@@ -49,11 +49,11 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
-from scripts.engines import decode_batch_points  # noqa: E402
+from scripts.bundle_configs import prepare_demo_dataset  # noqa: E402
+from scripts.engines import bf16_is_fast, decode_batch_points, resolve_flag  # noqa: E402
 from scripts.heatmap import decode_heatmaps  # noqa: E402
 from scripts.losses import HeatmapLoss  # noqa: E402
 from scripts.networks.scn import SCN_VARIANTS, SpatialConfigurationNet  # noqa: E402
-from scripts.utils import bf16_is_fast, resolve_flag  # noqa: E402
 
 __all__ = ["PeakRss", "TrainVariant", "main"]
 
@@ -158,15 +158,11 @@ def _sync(device: torch.device) -> None:
 # ---------------------------------------------------------------- config
 
 
-def load_config(config_file: Path, preset: str, num_filters: int, **overrides) -> ConfigParser:
-    """The bundle config with the preset, filter count and ``overrides`` (``id -> value``) applied."""
+def load_config(config_file: Path, overlays: list[Path], num_filters: int, **overrides) -> ConfigParser:
+    """The bundle config merged with ``overlays``, the filter count and ``overrides`` (``id -> value``) applied."""
     parser = ConfigParser()
-    parser.read_config(str(config_file))
-    presets = parser.get("presets", {})
-    if preset not in presets:
-        raise ValueError(f"{config_file}: no preset {preset!r}; available: {', '.join(presets)}")
+    parser.read_config([str(config_file)] + [str(o) for o in overlays])
     parser["bundle_root"] = str(REPO_ROOT)
-    parser["preset"] = preset
     parser["num_filters"] = num_filters
     for key, value in overrides.items():
         parser[key] = value
@@ -340,15 +336,17 @@ def time_data_loading(args, device: torch.device) -> dict:
     overrides = {"train#dataset#data": f"$@datasource.datalist(@train_split)[:{args.data_samples}]"}
     if args.data_dir:
         overrides["dataset_dir"] = str(Path(args.data_dir).expanduser().absolute())
-    parser = load_config(args.config, args.preset, args.num_filters, **overrides)
+    parser = load_config(args.config, args.overlay, args.num_filters, **overrides)
     result: dict = {}
     start = time.perf_counter()
     dataset_dir = parser.get_parsed_content("dataset_dir")
+    # the configs' initialize step: writes the demo data on first use when dataset_dir is the demo folder
+    prepare_demo_dataset(dataset_dir, parser.get_parsed_content("demo_dir"), parser.get_parsed_content("demo_kind"))
     result["dataset_dir"] = dataset_dir
     result["dataset_prepare_s"] = time.perf_counter() - start
     reference = parser.get_parsed_content("reference_image")
     if reference and not os.path.isfile(reference):
-        # e.g. the 'hand' preset names a file of the real hand dataset; the demo data has none
+        # e.g. configs/hand.json names a file of the real hand dataset; the demo data has none
         substitute = parser.get_parsed_content("datasource").datalist(parser["train_split"])[0]["image"]
         result["note"] = f"reference image {reference} not found; histogram matching to {substitute} instead"
         parser["reference_image"] = substitute
@@ -447,8 +445,9 @@ def print_report(data: dict | None, variants: list[TrainVariant], shape: str) ->
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="demo_hand",
-                        help="preset of the config (demo_hand: 128x128, hand: 256x256)")
+    parser.add_argument("--overlay", type=Path, action="append", default=[],
+                        help="overlay merged after --config, e.g. configs/hand.json (256x256); repeatable")
+    parser.add_argument("--preset", help=argparse.SUPPRESS)  # removed: gives the new form
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="bundle training config")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps per timed round of the fp32 variants (default: 10 at 128x128, "
@@ -472,6 +471,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch.set_num_threads for this process (default: torch's choice)")
     parser.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.preset is not None:
+        overlay = "" if args.preset == "demo_hand" else f" use --overlay configs/{args.preset}.json"
+        parser.error(f"--preset was removed:{overlay or ' configs/train.json alone is the demo hand'}")
     for name in ("steps", "rounds", "warmup", "infer_reps", "num_filters", "bf16_rounds", "data_samples", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
@@ -488,7 +490,7 @@ def main(argv=None) -> dict:
         "train#trainer#max_epochs": 1,
         "train#trainer#train_handlers": [],
     }
-    project_cfg = load_config(args.config, args.preset, args.num_filters, **trainer_overrides)
+    project_cfg = load_config(args.config, args.overlay, args.num_filters, **trainer_overrides)
     device = project_cfg.get_parsed_content("device")
     spatial_size = list(project_cfg.get_parsed_content("spatial_size"))
     num_landmarks = project_cfg.get_parsed_content("num_landmarks")
@@ -505,7 +507,7 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "load_average_start": _load_average(),
-        "preset": args.preset,
+        "overlays": [str(o) for o in args.overlay],
         "spatial_size": spatial_size,
         "num_landmarks": num_landmarks,
         "num_filters": args.num_filters,
@@ -515,9 +517,9 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     print(f"CPU: {env['cpu']} | device: {device}{' (' + env['gpu'] + ')' if 'gpu' in env else ''}")
-    print(f"torch {env['torch']}, threads {env['threads']}, bf16 native (scripts.engines.bf16_is_fast): "
+    print(f"torch {env['torch']}, threads {env['threads']}, bf16 native (scripts.utils.bf16_is_fast): "
           f"{env['bf16_is_fast']}, load average {_fmt(env['load_average_start'], '.2f')} on {os.cpu_count()} CPUs")
-    print(f"preset {args.preset}: {spatial_size[0]}x{spatial_size[1]}, {num_landmarks} landmarks, "
+    print(f"{' + '.join(map(str, [args.config, *args.overlay]))}: {spatial_size[0]}x{spatial_size[1]}, {num_landmarks} landmarks, "
           f"num_filters {args.num_filters}; config resolves amp={project_cfg['amp']!r} -> {use_amp}, "
           f"channels_last={project_cfg['channels_last']!r} -> {use_cl}", flush=True)
 
@@ -546,17 +548,15 @@ def main(argv=None) -> dict:
     if not args.skip_networks:
         variants.append(baseline_variant("fast_scn", f"plain fp32 eager loop, fast SCN {SCN_VARIANTS['fast']}",
                                          *plain_parts("fast"), batch, **fast))
-        hourglass_cfg = ConfigParser()
-        hourglass_cfg.read_config(str(REPO_ROOT / "configs" / "train_adversarial.json"))
-        hourglass_def = {k: v for k, v in hourglass_cfg.get("network_def").items()}
+        hourglass_def = json.loads((REPO_ROOT / "configs" / "adversarial.json").read_text())["network_def"]
         hourglass_def.update(num_landmarks=num_landmarks, upsample_output=True)
         hourglass = ConfigParser({"net": hourglass_def}).get_parsed_content("net")
         variants.append(baseline_variant("hourglass", "plain fp32 eager loop, stacked hourglass of "
-                                         "configs/train_adversarial.json (up-sampled output, no discriminators)",
+                                         "configs/adversarial.json (up-sampled output, no discriminators)",
                                          hourglass.to(device), HeatmapLoss(num_landmarks, sigma=sigma).to(device),
                                          batch, **fast))
     if not args.skip_bf16:
-        forced_cfg = load_config(args.config, args.preset, args.num_filters, amp=True, channels_last=True,
+        forced_cfg = load_config(args.config, args.overlay, args.num_filters, amp=True, channels_last=True,
                                  **trainer_overrides)
         variants.append(config_variant("bf16+cl", "configs/train.json with amp and channels_last forced on "
                                        f"(1 step / 1 inference per round, {slow['rounds']} round(s))",

@@ -1,4 +1,4 @@
-"""The Adversarial PoseNet training workflow (configs/train_adversarial.json) through ``python -m monai.bundle``."""
+"""The Adversarial PoseNet training workflow (configs/train.json + configs/adversarial.json) through ``python -m monai.bundle``."""
 
 from __future__ import annotations
 
@@ -18,25 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 TRAIN = "configs/train.json"
-
-
-ADVERSARIAL = "configs/train_adversarial.json"
-
-
-#: top-level keys of train.json that train_adversarial.json deliberately replaces instead of taking them over
-REPLACED = {"network_def", "loss", "train"}
-
-
-def test_config_takes_over_every_other_train_json_key():
-    base = json.loads((ROOT / TRAIN).read_text())
-    adversarial = json.loads((ROOT / ADVERSARIAL).read_text())
-    for key in base:
-        assert key in adversarial, f"{ADVERSARIAL} lacks train.json's '{key}'"
-        if key not in REPLACED:
-            assert adversarial[key] == f"%{TRAIN}::{key}", key
-    for key in set(base["train"]) - {"handlers", "trainer"}:
-        assert adversarial["train"][key] == f"%{TRAIN}::train#{key}", key
-    assert adversarial["train"]["base_handlers"] == f"%{TRAIN}::train#handlers"
+ADVERSARIAL = "configs/adversarial.json"  # the overlay merged after train.json
 
 
 def test_adversarial_training_workflow_saves_generator_and_discriminators_and_resumes(tmp_path):
@@ -56,7 +38,7 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
         "discriminator_channels": 8,
         "discriminator_downsamples": 2,
     }
-    log = run_bundle("training", ADVERSARIAL, values)  # the single-file form
+    log = run_bundle("training", [TRAIN, ADVERSARIAL], values)
     assert "Best validation mean point error (network px)" in log
     # the balance monitors reach the console and TensorBoard every epoch
     assert "adversarial/grad_ratio" in log and "adversarial/pose_acc" in log and "adversarial/conf_acc" in log
@@ -76,8 +58,8 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
     )
     assert {"network", "optimizer", "pose_optimizer", "confidence_optimizer"} <= set(state)
 
-    # merged over train.json, resuming: discriminators continue from last.ckpt
-    log = run_bundle("training", str([TRAIN, ADVERSARIAL]), {**values, "max_epochs": 2, "resume": True})
+    # resuming: discriminators continue from last.ckpt
+    log = run_bundle("training", [TRAIN, ADVERSARIAL], {**values, "max_epochs": 2, "resume": True})
     assert "resumed from" in log
     resumed = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=True)
     assert resumed["trainer"]["iteration"] == 4
@@ -85,12 +67,11 @@ def test_adversarial_training_workflow_saves_generator_and_discriminators_and_re
     for name in ("pose_optimizer", "confidence_optimizer"):
         assert {float(s["step"]) for s in resumed[name]["state"].values()} == {4.0}, name
 
-    # the trained generator is evaluated by train.json + evaluate.json with the generator's network_def
-    network_def = {"_target_": "scripts.networks.posenet.StackedHourglass", "num_landmarks": "@num_landmarks",
-                   "num_channels": 8, "depth": 2}
+    # the trained generator is evaluated with the overlay between train.json and evaluate.json
     eval_dir = tmp_path / "eval"
-    eval_values = {k: values[k] for k in ("dataset_dir", "ckpt_dir", "output_dir", "spatial_size")}
-    run_bundle("run", str([TRAIN, "configs/evaluate.json"]),
-                {**eval_values, "split": "valid", "eval_dir": str(eval_dir), "network_def": network_def})
+    eval_values = {k: values[k] for k in ("dataset_dir", "ckpt_dir", "output_dir", "spatial_size",
+                                          "network_def#num_channels", "network_def#depth")}
+    run_bundle("run", [TRAIN, ADVERSARIAL, "configs/evaluate.json"],
+               {**eval_values, "split": "valid", "eval_dir": str(eval_dir)})
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert summary["num_images"] == 2 and summary["num_landmarks"] == 37 and math.isfinite(summary["mean_px"])

@@ -1,5 +1,5 @@
 """The checks the MONAI model zoo runs on a bundle, offline: metadata against the schema kept in the
-repository, required config properties of every workflow, network input/output against the
+repository (required config properties: tests/test_configs.py), network input/output against the
 metadata, and TorchScript / ONNX export giving the eager network's heatmaps."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 from pathlib import Path
 
 import jsonschema
@@ -15,9 +14,8 @@ import monai
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
-from scripts.data.synthetic import generate_demo_dataset
 from tests.helpers import SMALL, tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,55 +101,12 @@ def test_schema_rejects_broken_metadata(tmp_path, name):
 
 
 # ----------------------------------------------------------------------------------------------
-# workflow properties
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "demo_hand"
-    return generate_demo_dataset(out, kind="hand", num_train=2, num_valid=1, seed=5)
+# workflow properties: tests/test_configs.py (one ConfigWorkflow test per config combination)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.parametrize(
-    "configs, workflow_type",
-    [
-        (["inference.json"], "infer"),
-        (["train.json"], "train"),
-        (["train.json", "evaluate.json"], "train"),
-        (["train.json", "multi_gpu_train.json"], "train"),
-    ],
-    ids=["inference", "train", "train+evaluate", "train+multi_gpu"],
-)
-def test_config_has_the_required_properties(tmp_path, monkeypatch, tiny_dataset, checkpoint, configs, workflow_type):
-    missing = [name for name in configs if not (CONFIGS / name).is_file()]
-    if missing:
-        pytest.skip(f"no {missing}")
-    if "multi_gpu_train.json" in configs:  # initialize starts a process group: one gloo process
-        for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0",
-                           "WORLD_SIZE": "1", "LOCAL_RANK": "0"}.items():
-            monkeypatch.setenv(key, value)
-    dataset = tmp_path if workflow_type == "infer" else tiny_dataset
-    wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / name) for name in configs], meta_file=str(META), workflow_type=workflow_type,
-        bundle_root=str(ROOT), dataset_dir=str(dataset), output_dir=str(tmp_path / "out"),
-        ckpt_dir=str(tmp_path / "models"), ckpt_path=str(checkpoint), **SMALL,
-    )
-    wf.initialize()
-    try:
-        assert wf.check_properties() == []
-    finally:
-        wf.finalize()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from scripts.networks.scn import SpatialConfigurationNet
 from tests.helpers import BUNDLE_ROOT, run_bundle
 
 TRAIN = "configs/train.json"
-GRID = {"presets#demo_hand#spatial_size": [32, 32], "presets#demo_hand#sigma": 1.5, "amp": False}
+GRID = {"spatial_size": [32, 32], "sigma": 1.5, "amp": False}
 
 
 @pytest.fixture(scope="module")

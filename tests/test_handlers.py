@@ -16,7 +16,7 @@ from scripts.handlers import BudgetLrSchedule, LastCheckpoint, schedule_factor, 
 from tests.helpers import run_bundle
 
 
-TINY = {"num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 1.5}
+TINY = {"num_filters": 8, "spatial_size": [64, 64], "sigma": 1.5}
 
 
 class FakeClock:

@@ -53,12 +53,14 @@ def checkpoint(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
-def workflow(dataset_dir, output_dir, **overrides) -> ConfigWorkflow:
-    """The inference workflow on ``SMALL``; never the repository's own models/model.pt."""
+def workflow(dataset_dir, output_dir, overlays=(), **overrides) -> ConfigWorkflow:
+    """The inference workflow on ``SMALL`` (``overlays``: e.g. ``["configs/lower_limb.json"]``, merged after
+    inference.json); never the repository's own models/model.pt."""
     settings = {"bundle_root": str(ROOT), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir)}
     overrides.setdefault("ckpt_path", str(Path(output_dir).parent / "no_such_checkpoint.pt"))
     wf = ConfigWorkflow(
-        config_file=str(CONFIG), meta_file=str(META), workflow_type="infer", **settings, **SMALL, **overrides
+        config_file=[str(CONFIG)] + [str(ROOT / o) for o in overlays], meta_file=str(META), workflow_type="infer",
+        **settings, **SMALL, **overrides,
     )
     wf.initialize()
     return wf
@@ -170,7 +172,7 @@ def test_inference_config_repeats_train_config():
             for key in ("problems_key", "preview_key", "preview_max_size"):
                 t_infer.pop(key)
         assert t_infer == t_train
-    todo = _references(infer_steps) | {"network_def", "network", "inferer", "gamma", "preset"}
+    todo = _references(infer_steps) | {"network_def", "network", "inferer", "gamma", "preset", "reference_image_file"}
     compared = set()
     while todo:
         key = todo.pop()
@@ -179,7 +181,7 @@ def test_inference_config_repeats_train_config():
             continue
         assert key in train and infer.get(key) == train[key], f"'{key}' differs from train.json"
         todo |= _references(train[key]) - compared
-    assert {"presets", "spatial_size", "num_landmarks", "num_filters", "histogram_outside_mask"} <= compared
+    assert {"reference_image_file", "spatial_size", "num_landmarks", "num_filters", "histogram_outside_mask"} <= compared
 
 
 def test_inference_config_properties(tmp_path):

@@ -212,7 +212,7 @@ def _sigma_after_short_run(dataset, work, normalize: bool) -> torch.Tensor:
     from tests.helpers import run_bundle
 
     values = {
-        "num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 2.0,
+        "num_filters": 8, "spatial_size": [64, 64], "sigma": 2.0,
         "dataset_dir": str(dataset), "ckpt_dir": str(work / "models"), "output_dir": str(work / "runs"),
         "max_epochs": 10, "val_interval": 10, "learnable_sigma": True, "lr_schedule": "none",
         # a high learning rate, so that 60 iterations move sigma as far as a long run at 1e-4 would

@@ -132,7 +132,7 @@ def test_folder_inference_on_synthetic_long_legs(tmp_path):
         pixels = np.asarray(Image.open(next((root / "images").glob(f"{image_id}.*"))), dtype=np.uint16)
         write_dicom(inp / f"{image_id}.dcm", pixels, PixelSpacing=[sy, sx])
         truth = np.array([[float(row[f"x{k}"]), float(row[f"y{k}"])] for k in range(6)])
-        wf = workflow(inp, out, preset="lower_limb", allow_random_weights=True, landmark_sd_px=2.0)
+        wf = workflow(inp, out, ["configs/lower_limb.json"], allow_random_weights=True, landmark_sd_px=2.0)
         net_from_orig = np.asarray(wf.dataset[0]["net_from_orig"], dtype=np.float64)
         wf.evaluator.network = FixedPeakNet(apply_matrix(truth, net_from_orig))
         assert wf.evaluator.run()["succeeded"] == [f"{image_id}.dcm"]

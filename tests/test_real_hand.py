@@ -24,8 +24,8 @@ pytestmark = pytest.mark.skipif(not HAND.is_dir(), reason=f"{HAND} is absent")
 @pytest.fixture(scope="module")
 def parser() -> ConfigParser:
     p = ConfigParser()
-    p.read_config(str(ROOT / "configs" / "train.json"))
-    p.update({"bundle_root": str(ROOT), "preset": "hand", "dataset_dir": str(HAND)})
+    p.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "hand.json")])
+    p.update({"bundle_root": str(ROOT), "dataset_dir": str(HAND)})
     return p
 
 
@@ -96,11 +96,11 @@ def test_real_images_augment_and_make_heatmaps(parser, samples):
 
 
 def test_real_images_letterboxed_keep_aspect_and_landmarks(parser, samples):
-    """``--keep_aspect true`` on the hand preset: one scale for both axes, the landmarks on bone, and
+    """``--keep_aspect true`` with the hand overlay: one scale for both axes, the landmarks on bone, and
     the map back to original pixels exact."""
     letterbox = ConfigParser()
-    letterbox.read_config(str(ROOT / "configs" / "train.json"))
-    letterbox.update({"bundle_root": str(ROOT), "preset": "hand", "dataset_dir": str(HAND), "keep_aspect": True})
+    letterbox.read_config([str(ROOT / "configs" / "train.json"), str(ROOT / "configs" / "hand.json")])
+    letterbox.update({"bundle_root": str(ROOT), "dataset_dir": str(HAND), "keep_aspect": True})
     transforms = letterbox.get_parsed_content("validate#preprocessing")
     for item in samples:
         d = transforms(dict(item))

@@ -16,7 +16,7 @@ from tests.helpers import run_bundle
 mlflow = pytest.importorskip("mlflow")
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = {"num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 1.5}
+TINY = {"num_filters": 8, "spatial_size": [64, 64], "sigma": 1.5}
 
 
 def test_training_and_evaluation_write_mlflow_runs(tmp_path):
@@ -47,7 +47,7 @@ def test_training_and_evaluation_write_mlflow_runs(tmp_path):
     train = runs["train"]
     assert train.info.status == "FINISHED" and train.info.run_name.startswith("train_")
     params = train.data.params
-    assert params["preset"] == "demo_hand" and params["network"] == "SpatialConfigurationNet"
+    assert params["dataset_name"] == "demo_hand" and params["network"] == "SpatialConfigurationNet"
     assert params["spatial_size"] == "[64, 64]" and params["num_filters"] == "8"
     assert params["bundle_version"] == bundle_version(ROOT / "configs" / "metadata.json")
     assert params["max_epochs"] == "1" and params["epoch_length"] == "2"

@@ -21,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = "configs/train.json"
 EVALUATE = "configs/evaluate.json"
 MULTI_GPU = "configs/multi_gpu_train.json"
+LOWER_LIMB = "configs/lower_limb.json"
 
 # Small network and grid so that a few iterations take seconds on two cores.
-TINY = {"num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 1.5}
+TINY = {"num_filters": 8, "spatial_size": [64, 64], "sigma": 1.5}
 
 
 @pytest.fixture(scope="module")
@@ -110,23 +111,18 @@ def test_ddp_training_on_cpu_with_gloo(tiny_dataset, tmp_path):
     assert torch.isfinite(out).all()
 
 
-def test_lower_limb_preset_trains_and_evaluates_in_mm(tmp_path):
+def test_lower_limb_overlay_trains_and_evaluates_in_mm(tmp_path):
     dataset = tmp_path / "limb"
     generate_demo_dataset(dataset, kind="lower_limb", num_train=2, num_valid=2, seed=1, image_hw=(700, 280))
-    values = {
-        **_train_values(dataset, tmp_path),
-        "preset": "lower_limb",
-        "presets#lower_limb#spatial_size": [128, 48],
-        "presets#demo_hand#spatial_size": [64, 64],
-    }
-    run_bundle("training", [TRAIN], values)
+    values = {**_train_values(dataset, tmp_path), "spatial_size": [128, 48]}
+    run_bundle("training", [TRAIN, LOWER_LIMB], values)
     net = SpatialConfigurationNet(num_landmarks=6, num_filters=8)
     net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True))
     eval_dir = tmp_path / "eval"
-    run_bundle("run", [TRAIN, EVALUATE], {**values, "eval_dir": str(eval_dir), "radii_mm": [10.0, 20.0]})
+    run_bundle("run", [TRAIN, LOWER_LIMB, EVALUATE], {**values, "eval_dir": str(eval_dir), "radii_mm": [10.0, 20.0]})
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert summary["num_landmarks"] == 6 and summary["count_mm"] == 2 * 6
-    assert "mean_nmm" not in summary  # real spacing, no normalised-mm rule for this preset
+    assert "mean_nmm" not in summary  # real spacing, no normalised-mm rule in this overlay
     # mm errors are px errors times the 700x280 image's spacing from splits.csv
     with open(dataset / "splits.csv") as f:
         spacing = float(next(csv.DictReader(f))["spacing_x"])

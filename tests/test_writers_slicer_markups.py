@@ -5,7 +5,7 @@ The markups are validated with jsonschema against the required fields, types and
 repository). With ``SLICER_MARKUPS_SCHEMA=/path/to/markups-schema-v1.0.3.json`` (from Slicer's
 ``Modules/Loadable/Markups/Resources/Schema``) the files are validated against it as well.
 
-The folder test runs the real inference config (preset ``lower_limb``) on a DICOM and a PNG with a
+The folder test runs the real inference config (with the ``configs/lower_limb.json`` overlay) on a DICOM and a PNG with a
 network that draws heatmaps at known points, and checks the markups against the CSV, the DICOM SR
 (pydicom / highdicom) against the same points, and the measurements in JSON, CSV and SR.
 """
@@ -192,10 +192,10 @@ def test_folder_inference_exports(tmp_path):
     checkpoint = tmp_path / "weights.pt"
     checkpoint.write_bytes(b"stands for the weights")  # the provenance hashes this file
 
-    grid = (32, 32)  # SMALL's grid, letterboxed by the preset: the image spans x in [9.3, 22.7]
+    grid = (32, 32)  # SMALL's grid, letterboxed by the overlay: the image spans x in [9.3, 22.7]
     # hips, knees, ankles (right leg on the image's left) in network pixels
     points_net = np.array([[11.2, 3.1], [11.9, 15.6], [11.4, 28.3], [19.3, 3.0], [18.6, 15.2], [19.1, 28.6]])
-    wf = workflow(inp, out, preset="lower_limb", allow_random_weights=True, ckpt_path=str(checkpoint),
+    wf = workflow(inp, out, ["configs/lower_limb.json"], allow_random_weights=True, ckpt_path=str(checkpoint),
                   landmark_sd_px=1.5)
     runner = wf.evaluator
     runner.network, runner.ckpt_path = FixedPeakNet(points_net), None  # runs FixedPeakNet as it is

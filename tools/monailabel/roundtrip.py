@@ -6,8 +6,10 @@ Run with the MONAI Label environment (``tools/monailabel/setup_env.sh``)::
 
 Steps, each checked (the script exits non-zero on the first failure):
 
-1. copy the bundle (configs, scripts, LICENSE) to ``WORK/app/model/xray_landmarks`` and train it
-   briefly on the demo data (``--train-epochs``, default 2) with ``configs/train.json``;
+1. copy the bundle (configs, scripts, LICENSE) to ``WORK/app/model/xray_landmarks``; with ``--overlay``
+   (e.g. ``configs/lower_limb.json``), write the merged configs into the copy
+   (``tools/monailabel/merge_bundle.py``); train it briefly on the demo data (``--train-epochs``,
+   default 2) with the copy's ``configs/train.json``;
 2. copy MONAI Label's ``monaibundle`` sample app to ``WORK/app`` and build a datastore
    ``WORK/studies`` of demo images whose labels (``labels/final/<id>.png``) are landmark label
    images: a disc of value ``k + 1`` around landmark ``k``, from the demo CSV;
@@ -55,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--train-epochs", type=int, default=2, help="epochs of the brief training before serving")
     p.add_argument("--num-studies", type=int, default=6, help="demo images in the datastore")
     p.add_argument("--port", type=int, default=0, help="server port (0: a free one)")
+    p.add_argument("--overlay", action="append", default=[],
+                   help="data overlay to serve, e.g. configs/lower_limb.json (merged into the copy's configs)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for the server start and each request")
     return p.parse_args(argv)
 
@@ -92,14 +96,14 @@ def monaibundle_app() -> Path:
     fail(f"MONAI Label's monaibundle sample app not found (looked in {', '.join(map(str, candidates))})")
 
 
-def build_datastore(bundle: Path, studies: Path, count: int) -> list[dict]:
-    """Copy ``count`` demo images and write their landmark label images; returns the records."""
+def build_datastore(bundle: Path, studies: Path, count: int, demo_kind: str) -> list[dict]:
+    """Copy ``count`` demo images of ``demo_kind`` and write their landmark label images; returns the records."""
     sys.path.insert(0, str(bundle))
     from scripts.data import LandmarkDataset
     from scripts.data.image_reader import read_image_size
     from scripts.writers import landmark_label_image, write_label_image
 
-    dataset = LandmarkDataset(bundle / "demo_data" / "hand")
+    dataset = LandmarkDataset(bundle / "demo_data" / demo_kind)
     items = dataset.datalist("train")[:count]
     (studies / "labels" / "final").mkdir(parents=True)
     records = []
@@ -248,13 +252,17 @@ def main(argv=None) -> dict:
     bundle = app / "model" / BUNDLE_NAME
     shutil.copytree(monaibundle_app(), app, ignore=shutil.ignore_patterns("__pycache__"))
     copy_bundle(bundle)
+    if args.overlay:
+        command = [sys.executable, str(ROOT / "tools" / "monailabel" / "merge_bundle.py"), "--bundle", str(bundle)]
+        run(command + [arg for overlay in args.overlay for arg in ("--overlay", str(ROOT / overlay))], cwd=ROOT)
 
     start = time.perf_counter()
     run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
          "--max_epochs", str(args.train_epochs), "--val_interval", "1"], cwd=bundle)
     log(f"brief training: {time.perf_counter() - start:.0f} s, {bundle / 'models' / 'model.pt'}")
 
-    records = build_datastore(bundle, studies, args.num_studies)
+    demo_kind = json.loads((bundle / "configs" / "train.json").read_text())["demo_kind"]
+    records = build_datastore(bundle, studies, args.num_studies, demo_kind)
     label_radius = float(json.loads((bundle / "configs" / "inference.json").read_text())["label_radius"])
     num_landmarks = len(records[0]["landmarks"])
 
