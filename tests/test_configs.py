@@ -118,7 +118,7 @@ def test_adversarial_overlay_extends_train_json_and_takes_validate_overrides(tmp
     base = json.loads((CONFIGS / "train.json").read_text())
     merged = ConfigParser.load_config_files(configs("train.json", "adversarial.json"))
     assert merged["imports"][: len(base["imports"])] == base["imports"]
-    assert "$import scripts.adversarial" in merged["imports"]
+    assert "$import scripts.networks.posenet" in merged["imports"]
     assert merged["train"]["handlers"] == base["train"]["handlers"]
     assert set(base["checkpoint_dict"]) < set(merged["checkpoint_dict"])
     hand = ConfigParser(ConfigParser.load_config_files(configs("train.json", "hand.json", "adversarial.json")))

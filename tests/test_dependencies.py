@@ -16,7 +16,7 @@ from tests.helpers import BUNDLE_ROOT
 LAYERS = [
     ["scripts.keys", "scripts.coords", "scripts.utils", "scripts.provenance", "scripts.measurements"],
     ["scripts.data"],
-    ["scripts.heatmap", "scripts.trust", "scripts.networks"],
+    ["scripts.heatmap", "scripts.trust", "scripts.networks", "scripts.bundle_configs"],
     ["scripts.writers"],
     ["scripts.checkpoints", "scripts.transforms", "scripts.losses", "scripts.metrics", "scripts.inferers"],
     ["scripts.handlers", "scripts.engines"],
