@@ -9,7 +9,7 @@ Datasets (``--datasets``):
 
 * ``hand``: the real hand radiographs (``--dataset_dir``, default ``../shared/data/hand-ipilab``; skipped
   with a message where absent), overlay ``configs/hand.json``, evaluated on ``--hand-eval-split`` (``valid``).
-* ``lower_limb``: synthetic long-leg radiographs (``scripts/demo_data.py``, seed 0, 32 train / 8 valid /
+* ``lower_limb``: synthetic long-leg radiographs (``scripts/data/synthetic.py``, seed 0, 32 train / 8 valid /
   8 test images of 1024 x 400 px), overlay ``configs/lower_limb.json``; checkpoints are selected on a tuning subset of
   ``train`` and evaluated on ``test``.
 

@@ -49,18 +49,18 @@ The discriminators output logits; the losses use ``binary_cross_entropy_with_log
 The discriminator labels and losses are in :mod:`scripts.losses`, the discriminator accuracies and the
 gradient ratio in :mod:`scripts.metrics`.
 
-What the config (``configs/train_adversarial.json``) uses: the heatmap term takes train.json's ``gamma`` = 100 with the per-pixel mean squared
-error (``HeatmapLoss(reduction="mean")``) on heatmaps of ``heatmap_sigma`` = the preset's sigma divided by
-the output stride (at least 1 heatmap px); ``adversarial_alpha`` = 1e-4 and ``adversarial_beta`` = 1.25e-4
-(about the paper's 1/220 : 1/180 proportion), multiplied by ``adversarial_scale`` = gamma**2 = 1e4, i.e.
-effective weights 1 and 1.25 on ``L_C`` and ``L_P``. They were chosen by measuring ``adversarial/grad_ratio``
-on the demo data (docs/README.md, "Adversarial loss balance"): 0.05-0.22 over the first 144 iterations,
-where the paper's weights times gamma**2 give 7.2 and the paper's weights alone 4e-4. The ``hand`` preset
-(256 x 256, 64 x 64 heatmaps) measured 2.07 at those weights after its first epoch and 0.185 at a tenth
-of them, so ``adversarial_preset_factor`` is 0.1 there (1 for the other presets; ``lower_limb`` measured
-0.23 after the first epoch on 32 synthetic long-leg images).
-An adversarially trained generator is evaluated by ``['configs/train.json','configs/evaluate.json']``
-with the generator's ``network_def`` passed as an override.
+What the overlay ``configs/adversarial.json`` (merged after train.json) uses: the heatmap term takes train.json's
+``gamma`` = 100 with the per-pixel mean squared error (``HeatmapLoss(reduction="mean")``) on heatmaps of
+``heatmap_sigma`` = the contract's sigma divided by the output stride (at least 1 heatmap px);
+``adversarial_alpha`` = 1e-4 and ``adversarial_beta`` = 1.25e-4 (about the paper's 1/220 : 1/180 proportion),
+multiplied by ``adversarial_scale`` = gamma**2 = 1e4, i.e. effective weights 1 and 1.25 on ``L_C`` and ``L_P``.
+They were chosen by measuring ``adversarial/grad_ratio`` on the demo data (docs/README.md, "Adversarial loss
+balance"): 0.05-0.22 over the first 144 iterations, where the paper's weights times gamma**2 give 7.2 and the
+paper's weights alone 4e-4. With ``configs/hand.json`` (256 x 256, 64 x 64 heatmaps) the ratio measured 2.07
+at those weights after the first epoch and 0.185 at a tenth of them, so ``adversarial_weight_factor`` is 0.1
+when ``dataset_name`` is ``hand`` (1 otherwise; ``configs/lower_limb.json`` measured 0.23 after the first
+epoch on 32 synthetic long-leg images). The trained generator is evaluated by
+``['configs/train.json','configs/adversarial.json','configs/evaluate.json']``.
 """
 
 from __future__ import annotations

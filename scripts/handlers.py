@@ -29,8 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import torch
 from ignite.engine import Engine, Events
@@ -48,7 +47,6 @@ __all__ = [
     "BestModelCheckpoint",
     "LastCheckpoint",
     "BestMetricReport",
-    "with_checkpoint_entries",
 ]
 
 #: ``engine.state`` attribute (saved with the trainer's ``state_dict``) holding :meth:`BudgetLrSchedule.state_dict`
@@ -308,7 +306,7 @@ class LastCheckpoint:
             with a warning saying so.
         interval: save every ``interval`` epochs (and always at the end).
         evaluator: the validation engine whose ``best_metric``/``best_metric_epoch`` are kept.
-        config: settings recorded in the file (e.g. preset, num_landmarks, learning_rate).
+        config: settings recorded in the file (e.g. dataset_name, num_landmarks, learning_rate).
     """
 
     def __init__(
@@ -327,13 +325,6 @@ class LastCheckpoint:
         self.evaluator = evaluator
         self.config = {str(k): v for k, v in dict(config or {}).items()}
         self.logger = logging.getLogger(self.__class__.__name__)
-
-    def with_entries(self, entries: Mapping) -> LastCheckpoint:
-        """A copy that also saves ``entries`` (e.g. the discriminators of Adversarial PoseNet)."""
-        clash = sorted(set(entries) & set(self.save_dict))
-        if clash:
-            raise ValueError(f"{self.path} already saves {clash}.")
-        return LastCheckpoint(self.path, {**self.save_dict, **entries}, self.resume, self.interval, self.evaluator, self.config)
 
     def attach(self, engine: Engine) -> None:
         self.save_dict.setdefault("trainer", engine)
@@ -412,26 +403,3 @@ class BestMetricReport:
         best, epoch = getattr(state, "best_metric", None), getattr(state, "best_metric_epoch", None)
         print(f"Best validation {self.name}: {best:.3f} at epoch {epoch}" if best is not None and best >= 0
               else f"No validation {self.name} was computed", flush=True)
-
-
-def with_checkpoint_entries(handlers: Iterable, entries: Mapping[str, Any]) -> list:
-    """Copy of a handler list in which every :class:`LastCheckpoint` also saves ``entries``.
-
-    Used by configs/train_adversarial.json to add the discriminators and their optimizers to train.json's
-    ``last.ckpt`` without repeating its handler list.
-
-    Raises:
-        ValueError: if the list has no LastCheckpoint, or an entry name is already saved.
-    """
-    result, found = [], False
-    for handler in handlers:
-        if isinstance(handler, LastCheckpoint):
-            try:
-                handler = handler.with_entries(entries)
-            except ValueError as err:
-                raise ValueError(f"with_checkpoint_entries: {err}") from None
-            found = True
-        result.append(handler)
-    if not found:
-        raise ValueError("with_checkpoint_entries: the handler list has no scripts.handlers.LastCheckpoint.")
-    return result

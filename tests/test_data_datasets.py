@@ -272,9 +272,6 @@ def test_real_hand_dataset_loads():
         assert item["spacing"] is None
 
 
-TINY = {"num_filters": 8, "presets#demo_hand#spatial_size": [64, 64], "presets#demo_hand#sigma": 1.5}
-
-
 def test_split_off_tuning_is_deterministic_disjoint_and_order_free():
     items = [{"id": str(i)} for i in range(91)]
     rest, tune = split_off_tuning(items, 0.11)

@@ -12,7 +12,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from scripts.data.synthetic import generate_demo_dataset
-from scripts.handlers import BudgetLrSchedule, LastCheckpoint, schedule_factor, with_checkpoint_entries
+from scripts.handlers import BudgetLrSchedule, schedule_factor
 from tests.helpers import run_bundle
 
 
@@ -124,17 +124,3 @@ def test_max_minutes_ends_a_bundle_run_with_lr_near_zero(tiny_dataset, tmp_path)
     assert re.search(r"resumed the learning-rate schedule after 0\.[12] min", log), log[-2000:]
     done = state["trainer"]["iteration"]
     assert re.search(rf"time budget of 0\.1 min spent after {done + 1} iterations", log), log[-2000:]
-
-
-def test_with_checkpoint_entries_extends_the_last_checkpoint_only(tmp_path):
-    net, other = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
-    last = LastCheckpoint(str(tmp_path / "last.ckpt"), {"network": net}, resume=True, interval=2)
-    handlers = with_checkpoint_entries(["stats", last], {"pose_discriminator": other})
-    assert handlers[0] == "stats" and handlers[1] is not last
-    assert handlers[1].save_dict == {"network": net, "pose_discriminator": other}
-    assert (handlers[1].path, handlers[1].resume, handlers[1].interval) == (last.path, True, 2)
-    assert last.save_dict == {"network": net}  # the original is untouched
-    with pytest.raises(ValueError, match="no scripts.handlers.LastCheckpoint"):
-        with_checkpoint_entries(["stats"], {"x": other})
-    with pytest.raises(ValueError, match="already saves \\['network'\\]"):
-        with_checkpoint_entries([last], {"network": other})

@@ -201,16 +201,12 @@ def test_normalised_target_peak_scales_with_sigma():
 
 @pytest.fixture(scope="module")
 def tiny_hand(tmp_path_factory):
-    from scripts.data.synthetic import generate_demo_dataset
-
     out = tmp_path_factory.mktemp("data") / "demo_hand"
     generate_demo_dataset(out, kind="hand", num_train=6, num_valid=2, seed=3)
     return out
 
 
 def _sigma_after_short_run(dataset, work, normalize: bool) -> torch.Tensor:
-    from tests.helpers import run_bundle
-
     values = {
         "num_filters": 8, "spatial_size": [64, 64], "sigma": 2.0,
         "dataset_dir": str(dataset), "ckpt_dir": str(work / "models"), "output_dir": str(work / "runs"),
