@@ -196,3 +196,15 @@ def disc_mean(image: np.ndarray, point, radius: float) -> float:
     rows, cols = np.mgrid[y0:y1, x0:x1]
     inside = (cols - point[0]) ** 2 + (rows - point[1]) ** 2 <= radius**2
     return float(image[y0:y1, x0:x1][inside].mean())
+
+
+def training_values(dataset: Path, work: Path, **extra) -> dict:
+    """Overrides for a few-iteration training run: ``dataset``, outputs under ``work``, validation every epoch, 2 iterations per epoch."""
+    return {
+        "dataset_dir": str(dataset),
+        "ckpt_dir": str(work / "models"),
+        "output_dir": str(work / "runs"),
+        "val_interval": 1,
+        "train#trainer#epoch_length": 2,
+        **extra,
+    }

@@ -23,33 +23,17 @@ import torch
 from ignite.engine import Engine
 
 from scripts.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from scripts.data.synthetic import generate_demo_dataset
 from scripts.handlers import LastCheckpoint
 from scripts.inference import load_weights
 from scripts.networks.scn import SpatialConfigurationNet
-from tests.helpers import BUNDLE_ROOT, run_bundle
+from tests.helpers import BUNDLE_ROOT, run_bundle, training_values
 
 TRAIN = "configs/train.json"
 GRID = {"spatial_size": [32, 32], "sigma": 1.5, "amp": False}
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "demo_hand"
-    generate_demo_dataset(out, kind="hand", num_train=4, num_valid=2, seed=5)
-    return out
-
-
 def _values(dataset: Path, work: Path, **extra) -> dict:
-    return {
-        **GRID,
-        "dataset_dir": str(dataset),
-        "ckpt_dir": str(work / "models"),
-        "output_dir": str(work / "runs"),
-        "val_interval": 1,
-        "train#trainer#epoch_length": 2,
-        **extra,
-    }
+    return training_values(dataset, work, **{**GRID, **extra})
 
 
 def _digest(path: Path) -> str:

@@ -13,7 +13,6 @@ from monai.bundle import ConfigParser
 from PIL import Image
 
 from scripts.data.datasets import DatasetError, LandmarkDataset, default_split, load_datalist, split_off_tuning
-from scripts.data.synthetic import generate_demo_dataset
 from tests.helpers import BUNDLE_ROOT, write_dicom
 
 
@@ -283,13 +282,6 @@ def test_split_off_tuning_is_deterministic_disjoint_and_order_free():
     assert len(split_off_tuning(items[:3], 0.01)[1]) == 1
     with pytest.raises(ValueError, match="tune_fraction"):
         split_off_tuning(items, 1.0)
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "demo_hand"
-    generate_demo_dataset(out, kind="hand", num_train=6, num_valid=2, seed=3)
-    return out
 
 
 def test_config_selects_on_tuning_subset_of_train_and_never_on_valid(tiny_dataset):

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.data.synthetic import generate_demo_dataset
 from scripts.handlers import BudgetLrSchedule, schedule_factor
 from tests.helpers import run_bundle
 
@@ -97,13 +95,6 @@ def test_without_budget_schedule_runs_over_max_epochs_and_state_resumes():
     engine = Engine(lambda e, b: None)
     engine.state.max_epochs, engine.state.epoch_length = None, None
     assert second.progress(engine) == pytest.approx(0.5)
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "demo_hand"
-    generate_demo_dataset(out, kind="hand", num_train=6, num_valid=2, seed=3)
-    return out
 
 
 def test_max_minutes_ends_a_bundle_run_with_lr_near_zero(tiny_dataset, tmp_path):

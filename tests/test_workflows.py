@@ -15,7 +15,7 @@ import torch
 
 from scripts.data.synthetic import generate_demo_dataset
 from scripts.networks.scn import SpatialConfigurationNet
-from tests.helpers import run_bundle
+from tests.helpers import run_bundle, training_values
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = "configs/train.json"
@@ -27,24 +27,8 @@ LOWER_LIMB = "configs/lower_limb.json"
 TINY = {"num_filters": 8, "spatial_size": [64, 64], "sigma": 1.5}
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "demo_hand"
-    generate_demo_dataset(out, kind="hand", num_train=4, num_valid=2, seed=3)
-    return out
-
-
 def _train_values(dataset: Path, work: Path, **extra) -> dict:
-    return {
-        **TINY,
-        "dataset_dir": str(dataset),
-        "ckpt_dir": str(work / "models"),
-        "output_dir": str(work / "runs"),
-        "max_epochs": 1,
-        "val_interval": 1,
-        "train#trainer#epoch_length": 2,
-        **extra,
-    }
+    return training_values(dataset, work, **{**TINY, "max_epochs": 1, **extra})
 
 
 def _load_network(path: Path) -> torch.nn.Module:
