@@ -399,10 +399,11 @@ class FolderInference(Evaluator):
         ``None`` when the inferer runs its own model (``uses_network = False``).
 
         Raises:
-            FileNotFoundError: the TorchScript file or the checkpoint is missing (the latter unless
-                ``allow_random_weights``).
+            FileNotFoundError: the TorchScript file, the inferer's own model or the checkpoint is missing
+                (the latter unless ``allow_random_weights``).
         """
         if not getattr(self.inferer, "uses_network", True):
+            self.inferer.load()  # a missing model file is an error before anything is written
             return None
         if self.torchscript_path is not None:
             if not os.path.isfile(self.torchscript_path):

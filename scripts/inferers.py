@@ -60,9 +60,8 @@ class OnnxRuntimeInferer(Inferer):
         self.intra_op_num_threads = intra_op_num_threads
         self._session = None
 
-    @property
-    def session(self):
-        """The ``onnxruntime.InferenceSession`` (created on first use).
+    def load(self):
+        """The ``onnxruntime.InferenceSession``, created on the first call.
 
         Raises:
             FileNotFoundError: no model file (the message gives the export command).
@@ -90,7 +89,7 @@ class OnnxRuntimeInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network=None, *args, **kwargs) -> torch.Tensor:
         """``network`` is ignored (the ONNX model is run)."""
-        session = self.session
+        session = self.load()
         model_input = session.get_inputs()[0]
         array = np.ascontiguousarray(inputs.detach().to("cpu", torch.float32).numpy())
         fixed_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
