@@ -5,9 +5,9 @@ For each model (``demo``: the demo SCN at 128 x 128; ``hand_fast_scn``: the hand
 256 x 256) and each backend (``torch`` eager, ``onnxruntime``), side by side in one process, this prints:
 
 * ``e2e``: images/s of :class:`scripts.inference.FolderInference` (the ``configs/inference.json``
-  evaluator, pipelined: DataLoader workers, batched forward, writer thread) on ``--n`` synthetic
+  evaluator, pipelined: DataLoader workers, batched forward, writer process) on ``--n`` synthetic
   2500 x 2000 16-bit PNGs and as many DICOM files (uncompressed), all outputs on; with
-  ``--sequential`` also the sequential path (batch 1, no workers, no writer thread);
+  ``--sequential`` also the sequential path (batch 1, no workers, no writer process);
 * ``forward``: images/s of the bare forward pass of the same network and inferer, same thread count,
   batch ``--batch_size``, on random inputs of the network's size; ``ratio`` = e2e / forward;
 * ``startup``: seconds of ``python -m monai.bundle run`` on a folder of one PNG (process start to
@@ -313,7 +313,7 @@ def main(argv=None) -> dict:
                 if args.sequential and backend == "torch":
                     _, sequential, _ = evaluator_for({**overrides, "backend": backend, "dataset_dir": str(folders[fmt]),
                                                       "output_dir": str(run_dir) + "_sequential", "batch_size": 1,
-                                                      "num_workers": 0, "writer_threads": 0})
+                                                      "num_workers": 0, "num_writers": 0})
                     start = time.perf_counter()
                     with contextlib.redirect_stdout(sys.stderr):
                         sequential.run()

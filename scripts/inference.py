@@ -9,7 +9,7 @@ Used by ``configs/inference.json``::
   and the other files, which are reported as skipped.
 * :class:`FolderInference` (a MONAI ``Evaluator``) decodes and preprocesses the images in
   ``DataLoader`` workers while the network runs on batches, and post-processes and writes each
-  image in a writer thread (the ``postprocessing`` of :mod:`scripts.post_transforms`, the writers of
+  image in a writer process (the ``postprocessing`` of :mod:`scripts.post_transforms`, the writers of
   :mod:`scripts.writers`); a file that fails is recorded in ``OUT/errors.csv`` with its reason and
   the others go on.
 
@@ -32,7 +32,9 @@ import os
 import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+import multiprocessing
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -264,13 +266,14 @@ class FolderInference(Evaluator):
     on ``{"id", "image"}``) in ``num_workers`` worker processes while the previous batch ran; the
     images that loaded are stacked and run through ``inferer(images (B, C, H', W'), network)`` ->
     heatmaps ``(B, N, H', W')`` at once (one at a time if the batch fails, so that the failure names
-    its file); then each image goes to a writer thread, which runs the ``postprocessing`` on
+    its file); then each image goes to a writer process (forked, so that Python-heavy writers such as
+    the DICOM SR do not hold the network's GIL; it dies with the runner), which runs the ``postprocessing`` on
     ``{**sample, "pred": heatmaps (N, H', W')}`` (it must provide ``pred_landmarks_orig`` (N, 2),
     ``pred_landmarks_mm`` (N, 2), ``pred_confidence`` (N,) and, for the label files, ``pred`` = the
     label image indexed ``[x, y]``, :class:`scripts.post_transforms.LandmarkLabelOutputd`) and the
     writers (see the module docstring for the files). ``batch_size=1, num_workers=0,
-    writer_threads=0`` is the sequential path (everything in the calling thread, one image at a time);
-    the results are the same.
+    num_writers=0`` is the sequential path (everything in the calling process, one image at a time);
+    the results are the same (within float rounding of batched convolutions).
 
     Any exception while reading, preprocessing, predicting, post-processing or writing a file puts
     it into ``errors.csv`` (``status`` failed, the ``stage`` and the reason) and removes its outputs of
@@ -319,7 +322,7 @@ class FolderInference(Evaluator):
         batch_size: images per forward pass.
         num_workers: ``DataLoader`` worker processes that read and preprocess (0: in the calling
             thread), or ``"auto"`` (:func:`resolve_num_workers`).
-        writer_threads: threads that post-process and write (0: in the calling thread).
+        num_writers: processes that post-process and write (0: in the calling process).
     """
 
     def __init__(
@@ -350,14 +353,14 @@ class FolderInference(Evaluator):
         strict: bool = False,
         batch_size: int = 1,
         num_workers: int | str = 0,
-        writer_threads: int = 1,
+        num_writers: int = 1,
     ) -> None:
         if label_format not in ("png", "nii", "nii.gz"):
             raise ValueError(f"label_format must be 'png', 'nii' or 'nii.gz', got {label_format!r}.")
-        if int(batch_size) < 1 or int(writer_threads) < 0:
-            raise ValueError(f"batch_size must be >= 1 and writer_threads >= 0, got {batch_size}, {writer_threads}.")
+        if int(batch_size) < 1 or int(num_writers) < 0:
+            raise ValueError(f"batch_size must be >= 1 and num_writers >= 0, got {batch_size}, {num_writers}.")
         self.dataset = dataset
-        self.batch_size, self.writer_threads = int(batch_size), int(writer_threads)
+        self.batch_size, self.num_writers = int(batch_size), int(num_writers)
         self.num_workers = resolve_num_workers(num_workers, len(dataset))
         loader = DataLoader(
             _IsolatedItems(dataset), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
@@ -387,7 +390,7 @@ class FolderInference(Evaluator):
         self.preview_key = preview_key
         self.strict = as_bool(strict)  # a command line gives the string 'false'
         self._loaded_network: torch.nn.Module | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ProcessPoolExecutor | None = None
         self._pending: deque = deque()
         self._outcomes: dict[int, tuple[str, str, tuple[str, str] | None]] = {}  # index -> (id, source, failure)
         self._bar = None
@@ -522,7 +525,7 @@ class FolderInference(Evaluator):
             write_landmark_sr(paths["sr"], source, result, names, extra["provenance"], extra.get("measurements"))
 
     def finish_image(self, sample: dict, heatmaps: torch.Tensor, image_id: str, source: str) -> None:
-        """Post-process one image's heatmaps ``(N, H', W')`` and write its outputs (a writer thread's job).
+        """Post-process one image's heatmaps ``(N, H', W')`` and write its outputs (a writer process's job).
 
         Raises:
             _StageError: naming the stage (``postprocessing`` or ``writing``) that failed.
@@ -535,6 +538,16 @@ class FolderInference(Evaluator):
             self._write(result, post, source, self._outputs(image_id, source), self._extra(result))
         except Exception as err:
             raise _StageError(stage, err) from err
+
+    def _writer_pool(self) -> ProcessPoolExecutor | None:
+        """``num_writers`` forked processes running :meth:`finish_image` of this runner, or ``None`` (write
+        in this process). Forked, so that they hold this runner (transforms, settings) without pickling it."""
+        global _WRITER
+        if not self.num_writers:
+            return None
+        _WRITER = self
+        return ProcessPoolExecutor(self.num_writers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_writer_process_setup)
 
     # -- bookkeeping of outcomes
 
@@ -556,24 +569,26 @@ class FolderInference(Evaluator):
         while len(self._pending) > keep:
             index, image_id, source, job = self._pending.popleft()
             try:
-                job.result()
-                failure = None
-            except _StageError as err:
+                failure = job.result()
+            except _StageError as err:  # sequential
                 failure = (err.stage, _reason(err.error))
+            except Exception as err:  # the writer process died (e.g. killed, out of memory)
+                failure = ("writing", _reason(err))
             self._record(index, image_id, source, failure)
 
     def _submit(self, index: int, sample: dict, heatmaps: torch.Tensor, image_id: str, source: str) -> None:
         if self._pool is None:  # sequential: write now
             job: Future = Future()
             try:
-                job.set_result(self.finish_image(sample, heatmaps, image_id, source))
+                self.finish_image(sample, heatmaps, image_id, source)
+                job.set_result(None)
             except _StageError as err:
                 job.set_exception(err)
         else:
-            job = self._pool.submit(self.finish_image, sample, heatmaps, image_id, source)
+            job = self._pool.submit(_finish_in_writer, sample, heatmaps, image_id, source)
         self._pending.append((index, image_id, source, job))
         # bounded: a few batches in flight, so memory stays that of a few images
-        self._collect(keep=2 * self.batch_size * max(1, self.writer_threads))
+        self._collect(keep=2 * self.batch_size * max(1, self.num_writers))
 
     # -- the engine
 
@@ -641,7 +656,7 @@ class FolderInference(Evaluator):
             require_highdicom()
         self._outcomes, self._pending = {}, deque()
         show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
-        self._pool = ThreadPoolExecutor(self.writer_threads, "landmark-writer") if self.writer_threads else None
+        self._pool = self._writer_pool()
         try:
             with torch.inference_mode(), tqdm(total=len(items), disable=not show, unit="image") as self._bar:
                 try:
@@ -691,6 +706,28 @@ class FolderInference(Evaluator):
         return rows
 
     __call__ = run
+
+
+#: the runner whose :meth:`FolderInference.finish_image` the forked writer processes run
+_WRITER: FolderInference | None = None
+
+
+def _writer_process_setup() -> None:
+    """In a writer process: die with the runner (Linux), one torch thread (the runner's threads run the network)."""
+    torch.set_num_threads(1)
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _finish_in_writer(sample: dict, heatmaps: torch.Tensor, image_id: str, source: str) -> tuple[str, str] | None:
+    """A writer process's job: :meth:`FolderInference.finish_image`; returns ``(stage, reason)`` of a failure."""
+    try:
+        _WRITER.finish_image(sample, heatmaps, image_id, source)
+    except _StageError as err:
+        return err.stage, _reason(err.error)
+    return None
 
 
 class _StageError(Exception):

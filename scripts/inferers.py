@@ -25,7 +25,8 @@ PathLike = str | os.PathLike
 ONNX_EXPORT_COMMAND = (
     "python -m monai.bundle onnx_export --net_id network_def --filepath models/model.onnx --ckpt_file models/model.pt "
     "--meta_file configs/metadata.json --config_file configs/inference.json --input_shape \"[1, 1, H, W]\" "
-    "--use_trace true --dynamic_axes \"{'x': {0: 'batch'}, 'output_0': {0: 'batch'}}\" (H, W: the preset's spatial_size)"
+    "--use_trace true --converter_kwargs \"{'dynamic_axes': {'x': {0: 'batch'}}, 'input_names': ['x'], 'dynamo': False}\" "
+    "(H, W: the preset's spatial_size, e.g. 128 128 for demo_hand; add the --preset and overrides of the checkpoint)"
 )
 
 
@@ -106,21 +107,21 @@ class OnnxRuntimeInferer(Inferer):
 def export_onnx(network: torch.nn.Module, path: PathLike, input_hw: Sequence[int], in_channels: int = 1) -> str:
     """Export ``network`` (eval mode, fp32) to ONNX at ``path`` with a dynamic batch axis; returns the path.
 
-    What ``monai.bundle onnx_export`` does with ``--use_trace true`` and the dynamic axes of
+    MONAI's ``convert_to_onnx`` as ``monai.bundle onnx_export`` runs it with the options of
     :data:`ONNX_EXPORT_COMMAND`, for code that holds the network (benchmarks, tests). The file is
     written atomically (:func:`scripts.writers.atomic_write`).
     """
+    from monai.networks.utils import convert_to_onnx
+
     from scripts.writers import atomic_write
 
-    network = network.eval()
     example = torch.zeros(1, int(in_channels), int(input_hw[0]), int(input_hw[1]))
 
     def write(temporary: str) -> None:
-        with torch.no_grad():
-            torch.onnx.export(
-                network, (example,), temporary, input_names=["x"], output_names=["output_0"],
-                dynamic_axes={"x": {0: "batch"}, "output_0": {0: "batch"}}, opset_version=17, dynamo=False,
-            )
+        convert_to_onnx(
+            network.eval(), [example], input_names=["x"], output_names=["output_0"], filename=temporary,
+            dynamic_axes={"x": {0: "batch"}, "output_0": {0: "batch"}}, use_trace=True, dynamo=False,
+        )
 
     atomic_write(path, write)
     return os.fspath(path)

@@ -1,5 +1,5 @@
 """The pipelined folder runner (scripts.inference.FolderInference: DataLoader workers, batched forward,
-writer threads) against the sequential path, and its per-file failure isolation.
+writer processes) against the sequential path, and its per-file failure isolation.
 
 Real files, the real configs/inference.json workflow, a tiny SCN with random weights (``SMALL``).
 """
@@ -19,8 +19,8 @@ from scripts.writers import output_path
 from tests.helpers import tiny_checkpoint, write_dicom
 from tests.test_inference import radiograph, read_csv, tree_digest, workflow
 
-SEQUENTIAL = {"batch_size": 1, "num_workers": 0, "writer_threads": 0}
-PIPELINED = {"batch_size": 3, "num_workers": 2, "writer_threads": 2}
+SEQUENTIAL = {"batch_size": 1, "num_workers": 0, "num_writers": 0}
+PIPELINED = {"batch_size": 3, "num_workers": 2, "num_writers": 2}
 
 
 @pytest.fixture(scope="module")
