@@ -8,6 +8,8 @@ For each model (``demo``: the demo SCN at 128 x 128; ``hand_fast_scn``: the hand
   evaluator, pipelined: DataLoader workers, batched forward, writer process) on ``--n`` synthetic
   2500 x 2000 16-bit PNGs and as many DICOM files (uncompressed), all outputs on; with
   ``--sequential`` also the sequential path (batch 1, no workers, no writer process);
+  with ``--minimal`` also the pipelined path without overlays, label images and SR
+  (``--overlays false --label_images false --write_sr false``);
 * ``forward``: images/s of the bare forward pass of the same network and inferer, same thread count,
   batch ``--batch_size``, on random inputs of the network's size; ``ratio`` = e2e / forward;
 * ``startup``: seconds of ``python -m monai.bundle run`` on a folder of one PNG (process start to
@@ -25,7 +27,7 @@ The images are rendered by :func:`scripts.demo_data.render_hand` (deterministic,
 
 Usage (alone on the machine; ~10 min on 2 cores with the defaults)::
 
-    python benchmarks/inference_speed.py --out bench_out/inference_speed --json bench_out/inference_speed.json
+    python benchmarks/inference_speed.py --n 24 --sequential --minimal --out bench_out/inference_speed --json bench_out/inference_speed.json
     python benchmarks/inference_speed.py --n 4 --models demo --out /tmp/speed   # a dry run
 """
 
@@ -62,6 +64,7 @@ CONFIG = REPO_ROOT / "configs" / "inference.json"
 ADVERSARIAL = REPO_ROOT / "configs" / "train_adversarial.json"
 META = REPO_ROOT / "configs" / "metadata.json"
 FORMATS = ("png", "dicom")
+MINIMAL_OUTPUTS = {"overlays": False, "label_images": False, "write_sr": False}
 WRITERS = ("write_overlay_png", "write_label_image", "write_landmarks_json", "write_markups_json", "write_landmark_sr")
 
 
@@ -251,6 +254,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--stage_images", type=int, default=3, help="files timed stage by stage")
     ap.add_argument("--forward_repeats", type=int, default=5)
     ap.add_argument("--sequential", action="store_true", help="also time the sequential path")
+    ap.add_argument("--minimal", action="store_true",
+                    help="also time the pipelined path with only JSON, CSV and markups (no overlay, label image, SR)")
     ap.add_argument("--no_startup", action="store_true", help="skip the start-up subprocess")
     ap.add_argument("--out", default="bench_out/inference_speed")
     ap.add_argument("--json", default=None, help="also write the figures here")
@@ -321,6 +326,13 @@ def main(argv=None) -> dict:
                     points, seq_points = landmarks_of(run_dir), landmarks_of(Path(str(run_dir) + "_sequential"))
                     row[f"max_px_pipelined_vs_sequential_{fmt}"] = float(max(
                         np.abs(points[k] - seq_points[k]).max() for k in points))
+                if args.minimal and backend == "torch":
+                    _, minimal, _ = evaluator_for({**overrides, "backend": backend, "dataset_dir": str(folders[fmt]),
+                                                   "output_dir": str(run_dir) + "_minimal", **MINIMAL_OUTPUTS})
+                    start = time.perf_counter()
+                    with contextlib.redirect_stdout(sys.stderr):
+                        minimal.run()
+                    row[f"e2e_minimal_outputs_{fmt}"] = round(args.n / (time.perf_counter() - start), 2)
                 points = landmarks_of(run_dir)
                 torch_dir = out / "runs" / f"{model}_torch_{fmt}"
                 if backend != "torch" and torch_dir.exists():

@@ -26,6 +26,7 @@ raises :class:`FolderInferenceError` (exit code 1 of ``monai.bundle run``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -541,13 +542,18 @@ class FolderInference(Evaluator):
 
     def _writer_pool(self) -> ProcessPoolExecutor | None:
         """``num_writers`` forked processes running :meth:`finish_image` of this runner, or ``None`` (write
-        in this process). Forked, so that they hold this runner (transforms, settings) without pickling it."""
+        in this process). Forked, so that they hold this runner (transforms, settings) without pickling it,
+        and forked at once, before the network or an ONNX Runtime session starts threads here (a forked
+        copy of such an object can dead-lock when the copy is freed)."""
         global _WRITER
         if not self.num_writers:
             return None
         _WRITER = self
-        return ProcessPoolExecutor(self.num_writers, mp_context=multiprocessing.get_context("fork"),
+        gc.collect()  # no garbage of earlier runs (e.g. their sessions) goes into the writers
+        pool = ProcessPoolExecutor(self.num_writers, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_writer_process_setup)
+        pool.submit(int).result()  # forks every writer now
+        return pool
 
     # -- bookkeeping of outcomes
 
@@ -648,16 +654,22 @@ class FolderInference(Evaluator):
             FolderInferenceError: after writing every output, when no image succeeded, or when
                 ``strict`` and some image failed (``python -m monai.bundle run`` then exits with 1).
         """
-        self._loaded_network = self.load_network()
         self._check_folders()
-        self._start()
         items = list(self.dataset.data)
         if self.write_sr and any(is_dicom(item["image"]) for item in items):
             require_highdicom()
         self._outcomes, self._pending = {}, deque()
         show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
-        self._pool = self._writer_pool()
+        self._pool = self._writer_pool()  # first: before the network or a session starts threads here
         try:
+            self._loaded_network = self.load_network()  # a missing model: an error before anything is written
+        except BaseException:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool = None
+            raise
+        try:
+            self._start()
             with torch.inference_mode(), tqdm(total=len(items), disable=not show, unit="image") as self._bar:
                 try:
                     Evaluator.run(self)
@@ -713,7 +725,9 @@ _WRITER: FolderInference | None = None
 
 
 def _writer_process_setup() -> None:
-    """In a writer process: die with the runner (Linux), one torch thread (the runner's threads run the network)."""
+    """In a writer process: keep what was inherited (never freed here), die with the runner (Linux), one
+    torch thread (the runner's threads run the network)."""
+    gc.freeze()
     torch.set_num_threads(1)
     with contextlib.suppress(Exception):
         import ctypes
