@@ -50,7 +50,8 @@ import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
 from scripts.bundle_configs import prepare_demo_dataset  # noqa: E402
-from scripts.engines import bf16_is_fast, decode_batch_points, resolve_flag  # noqa: E402
+from scripts.engines import decode_batch_points  # noqa: E402
+from scripts.utils import bf16_is_fast, resolve_flag  # noqa: E402
 from scripts.heatmap import decode_heatmaps  # noqa: E402
 from scripts.losses import HeatmapLoss  # noqa: E402
 from scripts.networks.scn import SCN_VARIANTS, SpatialConfigurationNet  # noqa: E402

@@ -1,27 +1,24 @@
-"""Landmark inference on a folder of images: folder scan, heatmap post-processing, and the runner.
+"""Landmark inference on a folder of images: folder scan, weights, and the pipelined folder runner.
 
 Used by ``configs/inference.json``::
 
     python -m monai.bundle run --config_file configs/inference.json --dataset_dir IN --output_dir OUT
 
 * :func:`scan_image_folder` lists every image below the input folder (recursively; DICOM with or
-  without suffix, PNG, JPEG, TIFF, NIfTI, MHA/MHD, NRRD, see :func:`scripts.io.is_image_candidate`)
+  without suffix, PNG, JPEG, TIFF, NIfTI, MHA/MHD, NRRD, see :func:`scripts.data.image_reader.is_image_candidate`)
   and the other files, which are reported as skipped.
-* :class:`DecodeLandmarksd` and :class:`LandmarksToOriginald` are the ``postprocessing``: heatmaps
-  ``pred`` ``(N, H', W')`` -> points in network pixels and a confidence -> points in original pixels
-  and mm (axis order and pixel centres of :mod:`scripts.coords`).
-* :class:`LandmarkLabelOutputd` ends the ``postprocessing`` with the bundle's post-processed
-  output, the form MONAI Label's bundle tasks expect: ``pred`` becomes the label image of the
-  predicted landmarks (disc of value ``k + 1`` per landmark) and ``result`` their coordinates (JSON).
-* :class:`FolderInference` loads the weights, runs preprocessing, inferer and postprocessing on one
-  file at a time and writes with :mod:`scripts.writers`; a file that fails is recorded in
-  ``OUT/errors.csv`` with its reason and the others go on.
+* :class:`FolderInference` (a MONAI ``Evaluator``) decodes and preprocesses the images in
+  ``DataLoader`` workers while the network runs on batches, and post-processes and writes each
+  image in a writer process (the ``postprocessing`` of :mod:`scripts.transforms.post`, the writers of
+  :mod:`scripts.writers`); a file that fails is recorded in ``OUT/errors.csv`` with its reason and
+  the others go on.
 
 Outputs below ``OUT``: ``landmarks.csv`` (one row per image), ``errors.csv``, and per input
 ``a/b/img.dcm``: ``landmarks/a/b/img.dcm.json``, ``overlays/a/b/img.dcm.png``,
 ``labels/a/b/img.dcm.png`` (disc of value ``k + 1`` per landmark, the original image's size),
 ``markups/a/b/img.dcm.mrk.json`` (3D Slicer) and, for DICOM inputs, ``sr/a/b/img.dcm.sr.dcm``
 (DICOM SR); every output carries the provenance and, with ``measurements``, the measurements.
+Overlays and label images can be switched off (``--overlays false``, ``--label_images false``).
 Every result carries a trust ``status`` (:mod:`scripts.trust`). A run that produced no result
 raises :class:`FolderInferenceError` (exit code 1 of ``monai.bundle run``).
 """
@@ -29,31 +26,35 @@ raises :class:`FolderInferenceError` (exit code 1 of ``monai.bundle run``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
 import sys
-from collections.abc import Hashable, Mapping, Sequence
+from collections import deque
+from collections.abc import Mapping, Sequence
+import multiprocessing
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.config import KeysCollection
-from monai.transforms import MapTransform, Transform
+from monai.engines import Evaluator
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from scripts.checkpoints import load_checkpoint
 from scripts.data.image_reader import ImageReadError, is_image_candidate, read_image
-from scripts.heatmap import decode_heatmaps, points_to_mm, points_to_original
+from scripts.keys import LandmarkKeys
+from scripts.transforms.post import landmark_result
 from scripts.provenance import PROVENANCE_COLUMNS, provenance_cells
 from scripts.utils import as_bool
 from scripts.writers import (
     LandmarkCsvWriter,
     LandmarkResult,
-    landmark_label_image,
     landmark_result_from_document,
-    landmarks_document,
     output_path,
     remove_stale_temporaries,
     write_error_csv,
@@ -69,11 +70,7 @@ __all__ = [
     "scan_image_folder",
     "require_file",
     "load_weights",
-    "DecodeLandmarks",
-    "DecodeLandmarksd",
-    "LandmarksToOriginald",
-    "landmark_result",
-    "LandmarkLabelOutputd",
+    "resolve_num_workers",
     "FolderInference",
     "FolderInferenceError",
 ]
@@ -195,170 +192,6 @@ def load_weights(network: torch.nn.Module, ckpt_path: PathLike) -> torch.nn.Modu
 
 
 # ----------------------------------------------------------------------------------------------
-# post-processing transforms
-
-
-class DecodeLandmarks(Transform):
-    """Heatmaps of one image -> sub-pixel maxima and a confidence per landmark.
-
-    Args:
-        gamma: height of the target Gaussians in training; the confidence is ``peak / gamma`` clipped
-            to ``[0, 1]``.
-    """
-
-    def __init__(self, gamma: float = 100.0) -> None:
-        if not gamma > 0:
-            raise ValueError(f"gamma must be positive, got {gamma}.")
-        self.gamma = float(gamma)
-
-    def __call__(self, heatmaps) -> tuple[np.ndarray, np.ndarray]:
-        """``heatmaps`` ``(N, H, W)`` tensor or array -> ``(points (N, 2) float32 (x, y) heatmap px,
-        confidence (N,) float32)``."""
-        hm = torch.as_tensor(heatmaps.as_tensor() if hasattr(heatmaps, "as_tensor") else heatmaps)
-        if hm.ndim != 3:
-            raise ValueError(f"{type(self).__name__}: expected heatmaps (N, H, W), got shape {tuple(hm.shape)}.")
-        points, peak = decode_heatmaps(hm.detach().float()[None])
-        confidence = (peak[0] / self.gamma).clamp(0.0, 1.0)
-        return points[0].cpu().numpy().astype(np.float32), confidence.cpu().numpy().astype(np.float32)
-
-
-class DecodeLandmarksd(MapTransform):
-    """Dictionary version of :class:`DecodeLandmarks`.
-
-    Reads the heatmaps ``d[key]`` ``(N, H, W)`` and writes ``d[points_key]`` ``(N, 2)`` network pixels
-    and ``d[confidence_key]`` ``(N,)``.
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = "pred",
-        points_key: str = "pred_landmarks",
-        confidence_key: str = "pred_confidence",
-        gamma: float = 100.0,
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        if len(self.keys) != 1:
-            raise ValueError(f"{type(self).__name__}: exactly one heatmap key, got {self.keys}.")
-        self.points_key = points_key
-        self.confidence_key = confidence_key
-        self.decoder = DecodeLandmarks(gamma)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[self.points_key], d[self.confidence_key] = self.decoder(d[key])
-        return d
-
-
-class LandmarksToOriginald(MapTransform):
-    """Network-pixel points -> original pixels (through ``net_from_orig``) and mm (through ``spacing``).
-
-    Writes ``d[orig_key]`` ``(N, 2)`` ``(x, y)`` original pixels and ``d[mm_key]`` ``(N, 2)`` mm
-    (NaN when the spacing is the NaN pair, i.e. unknown), both float64.
-
-    Args:
-        keys: the points ``(N, 2)`` in network pixels (``DecodeLandmarksd``'s ``points_key``).
-        orig_key, mm_key: keys written; for several ``keys`` they are suffixed with the key.
-        matrix_key: the ``(3, 3)`` ``net_from_orig`` of the preprocessing.
-        spacing_key: ``(sx, sy)`` mm/px, NaN pair when unknown (``LoadLandmarkImaged``).
-    """
-
-    def __init__(
-        self,
-        keys: KeysCollection = "pred_landmarks",
-        orig_key: str = "pred_landmarks_orig",
-        mm_key: str = "pred_landmarks_mm",
-        matrix_key: str = "net_from_orig",
-        spacing_key: str = "spacing",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.orig_key, self.mm_key = orig_key, mm_key
-        self.matrix_key, self.spacing_key = matrix_key, spacing_key
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        several = len(self.keys) > 1
-        for key in self.key_iterator(d):
-            points = np.asarray(torch.as_tensor(d[key]).cpu(), dtype=np.float64)
-            matrix = np.asarray(torch.as_tensor(d[self.matrix_key]).cpu(), dtype=np.float64)
-            spacing = d.get(self.spacing_key)
-            spacing = np.full(2, np.nan) if spacing is None else np.asarray(torch.as_tensor(spacing).cpu(), np.float64)
-            orig = points_to_original(points, matrix)
-            suffix = f"_{key}" if several else ""
-            d[self.orig_key + suffix] = orig
-            d[self.mm_key + suffix] = points_to_mm(orig, spacing.reshape(2))
-        return d
-
-
-def landmark_result(sample: Mapping, image_id: str) -> LandmarkResult:
-    """The :class:`scripts.writers.LandmarkResult` of a post-processed sample.
-
-    Reads ``orig_hw``, ``pred_landmarks_orig`` ``(N, 2)``, ``pred_landmarks_mm`` ``(N, 2)``,
-    ``pred_confidence`` ``(N,)``, ``spacing`` (NaN pair when unknown), ``spacing_source`` and, where
-    :class:`scripts.trust.TrustStatusd` ran, ``status`` and ``status_reasons`` (else ``"ok"``).
-    """
-    spacing = np.asarray(sample.get("spacing", (np.nan, np.nan)), dtype=np.float64).reshape(2)
-    known = bool(np.isfinite(spacing).all())
-    return LandmarkResult(
-        image=image_id,
-        image_hw=tuple(int(v) for v in np.asarray(sample["orig_hw"]).reshape(2)),
-        points_px=sample["pred_landmarks_orig"],
-        confidence=sample["pred_confidence"],
-        spacing=(float(spacing[0]), float(spacing[1])) if known else None,
-        spacing_source=str(sample.get("spacing_source", "unknown")) if known else "unknown",
-        points_mm=sample["pred_landmarks_mm"],
-        status=str(sample.get("status", "ok")),
-        status_reasons=tuple(sample.get("status_reasons", ())),
-    )
-
-
-class LandmarkLabelOutputd(MapTransform):
-    """Post-processed output: the label image of the predicted landmarks, plus their coordinates as JSON.
-
-    Replaces ``d[label_key]`` (the heatmaps) with a uint8 label image of the original image's size,
-    a disc of value ``k + 1`` and radius ``radius`` original pixels around landmark ``k``
-    (:func:`scripts.writers.landmark_label_image`), and writes ``d[result_key]`` =
-    :func:`scripts.writers.landmarks_document` (original pixels, mm, confidence; JSON-serialisable).
-
-    The label array is indexed ``[x, y]``, shape ``(W, H)`` (a transposed view, no copy): the spatial
-    order of arrays from MONAI's ``LoadImage``, which MONAI's and MONAI Label's image writers
-    transpose back when saving, so the saved file is upright. This is the one place where the bundle's ``[row, col]`` arrays
-    are converted (see :mod:`scripts.coords`); the coordinates in ``result`` are ``(x, y)`` pixels.
-
-    Args:
-        radius: disc radius, original pixels.
-        landmark_names: the ``N`` names of the JSON (default ``landmark_00`` ...).
-        label_key, result_key: keys written.
-        image_path_keys: keys tried, in order, for the image name in the JSON (``id`` of the folder
-            datalist, ``image_path`` of MONAI Label).
-    """
-
-    def __init__(
-        self,
-        radius: float = 5.0,
-        landmark_names: Sequence[str] | None = None,
-        label_key: str = "pred",
-        result_key: str = "result",
-        image_path_keys: Sequence[str] = ("id", "image_path"),
-    ) -> None:
-        super().__init__(label_key)
-        self.radius = float(radius)
-        self.landmark_names = None if landmark_names is None else list(landmark_names)
-        self.label_key, self.result_key = label_key, result_key
-        self.image_path_keys = tuple(image_path_keys)
-
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        name = next((str(d[k]) for k in self.image_path_keys if d.get(k) is not None), "")
-        result = landmark_result(d, os.path.basename(name) if os.path.isabs(name) else name)
-        d[self.label_key] = landmark_label_image(result.points_px, result.image_hw, self.radius).T
-        d[self.result_key] = landmarks_document(result, self.landmark_names)
-        return d
-
-
-# ----------------------------------------------------------------------------------------------
 # the runner
 
 
@@ -393,18 +226,61 @@ class FolderInferenceError(RuntimeError):
     """Folder inference produced no result (or, with ``strict``, some files failed); the outputs are written."""
 
 
-class FolderInference:
+def resolve_num_workers(num_workers, num_items: int) -> int:
+    """Number of ``DataLoader`` worker processes: an int as given, or ``"auto"``: one per spare core
+    (``os.sched_getaffinity`` less the one that runs the network), at most 4, none for a single image."""
+    if str(num_workers).lower() != "auto":
+        value = int(num_workers)
+        if value < 0:
+            raise ValueError(f"num_workers must be >= 0 or 'auto', got {num_workers!r}.")
+        return value
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if num_items <= 1 else max(1, min(4, cores - 1))
+
+
+class _IsolatedItems(torch.utils.data.Dataset):
+    """``dataset[i]`` as ``{"index": i, "sample": ...}``, or ``{"index": i, "failure": (stage, reason)}`` when
+    reading or preprocessing the file raises: one bad file never stops the ``DataLoader``."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        try:
+            return {"index": index, "sample": self.dataset[index]}
+        except Exception as err:  # recorded in errors.csv by the runner
+            return {"index": index, "failure": ("reading" if _read_error(err) is not None else "preprocessing", _reason(err))}
+
+
+def _as_list(batch: list) -> list:
+    """``collate_fn`` that keeps the items of a batch apart (they are stacked once the failures are out)."""
+    return batch
+
+
+class FolderInference(Evaluator):
     """Predict landmarks for every image of a folder and write the results; failures are recorded.
 
-    Per image (one at a time, so memory stays that of one image): ``dataset[i]`` (the
-    ``preprocessing`` applied to ``{"id", "image"}``), ``inferer(image[None], network)``,
-    ``postprocessing`` on ``{**sample, "pred": heatmaps (N, H', W')}``, which must provide
-    ``pred_landmarks_orig`` (N, 2), ``pred_landmarks_mm`` (N, 2), ``pred_confidence`` (N,) and, for
-    the label files, ``pred`` = the label image indexed ``[x, y]`` (:class:`LandmarkLabelOutputd`), then
-    the writers (see the module docstring for the files). Any exception while doing so puts the
-    file into ``errors.csv`` (``status`` failed, the ``stage`` and the reason) and removes its
-    outputs of earlier runs; files that are not images are listed there as skipped. At the end the
-    run prints ``"N succeeded, M failed"`` and raises :class:`FolderInferenceError` if nothing succeeded.
+    A MONAI ``Evaluator`` over a ``DataLoader`` of the folder's items. Per iteration (a batch of
+    ``batch_size`` items): the items were read and preprocessed by ``dataset[i]`` (the ``preprocessing``
+    on ``{"id", "image"}``) in ``num_workers`` worker processes while the previous batch ran; the
+    images that loaded are stacked and run through ``inferer(images (B, C, H', W'), network)`` ->
+    heatmaps ``(B, N, H', W')`` at once (one at a time if the batch fails, so that the failure names
+    its file); then each image goes to a writer process (forked, so that Python-heavy writers such as
+    the DICOM SR do not hold the network's GIL; it dies with the runner), which runs the ``postprocessing`` on
+    ``{**sample, "pred": heatmaps (N, H', W')}`` (it must provide ``pred_landmarks_orig`` (N, 2),
+    ``pred_landmarks_mm`` (N, 2), ``pred_confidence`` (N,) and, for the label files, ``pred`` = the
+    label image indexed ``[x, y]``, :class:`scripts.transforms.LandmarkLabelOutputd`) and the
+    writers (see the module docstring for the files). ``batch_size=1, num_workers=0,
+    num_writers=0`` is the sequential path (everything in the calling process, one image at a time);
+    the results are the same (within float rounding of batched convolutions).
+
+    Any exception while reading, preprocessing, predicting, post-processing or writing a file puts
+    it into ``errors.csv`` (``status`` failed, the ``stage`` and the reason) and removes its outputs of
+    earlier runs; files that are not images are listed there as skipped. At the end the run prints
+    ``"N succeeded, M failed"`` and raises :class:`FolderInferenceError` if nothing succeeded.
 
     Consistency after a kill: every file is written atomically (:func:`scripts.writers.atomic_write`,
     mode from the umask); a run first removes the hidden temporary files a killed run left below
@@ -418,7 +294,9 @@ class FolderInference:
             ``preprocessing`` as transform.
         output_dir: output folder; must not be the input folder nor contain it.
         network: the eager network (``network_def``), used with ``ckpt_path``.
-        inferer: called as ``inferer(inputs (1, C, H', W'), network)`` -> heatmaps ``(1, N, H', W')``.
+        inferer: called as ``inferer(inputs (B, C, H', W'), network)`` -> heatmaps ``(B, N, H', W')``; an
+            inferer with ``uses_network = False`` (:class:`scripts.inferers.OnnxRuntimeInferer`) runs its
+            own model, and then no checkpoint is loaded.
         postprocessing: callable on the sample dictionary (e.g. a ``Compose``).
         device: device of the network and the input.
         ckpt_path: weights for ``network`` (see :func:`load_weights`).
@@ -432,8 +310,8 @@ class FolderInference:
         label_format: ``"png"`` or ``"nii.gz"`` (or ``"nii"``).
         overlay_max_size: longest side of the overlay PNG, pixels.
         write_overlays, write_labels: switch these outputs off.
-        write_markups: write a 3D Slicer markups file per image (:mod:`scripts.slicer_markups`).
-        write_sr: write a DICOM SR per DICOM input (:mod:`scripts.dicom_sr`; needs ``highdicom``).
+        write_markups: write a 3D Slicer markups file per image (:mod:`scripts.writers.slicer_markups`).
+        write_sr: write a DICOM SR per DICOM input (:mod:`scripts.writers.dicom_sr`; needs ``highdicom``).
         measurements: callable ``(points_px (N, 2), spacing or None) -> dict`` with ``columns()`` and
             ``row(dict)`` (e.g. :class:`scripts.measurements.LowerLimbMeasurements`), or ``None``.
         provenance: the run's :func:`scripts.provenance.provenance_record`, added to every output.
@@ -443,6 +321,10 @@ class FolderInference:
             :class:`scripts.transforms.LoadLandmarkImaged`), so each file is decoded once; without it
             the file is read again for the overlay.
         strict: fail the run (:class:`FolderInferenceError`) when any image failed, not only when all did.
+        batch_size: images per forward pass.
+        num_workers: ``DataLoader`` worker processes that read and preprocess (0: in the calling
+            thread), or ``"auto"`` (:func:`resolve_num_workers`).
+        num_writers: processes that post-process and write (0: in the calling process).
     """
 
     def __init__(
@@ -469,12 +351,24 @@ class FolderInference:
         provenance: Mapping | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
         progress: bool | None = None,
-        preview_key: str | None = "image_preview",
+        preview_key: str | None = LandmarkKeys.IMAGE_PREVIEW.value,
         strict: bool = False,
+        batch_size: int = 1,
+        num_workers: int | str = 0,
+        num_writers: int = 1,
     ) -> None:
         if label_format not in ("png", "nii", "nii.gz"):
             raise ValueError(f"label_format must be 'png', 'nii' or 'nii.gz', got {label_format!r}.")
+        if int(batch_size) < 1 or int(num_writers) < 0:
+            raise ValueError(f"batch_size must be >= 1 and num_writers >= 0, got {batch_size}, {num_writers}.")
         self.dataset = dataset
+        self.batch_size, self.num_writers = int(batch_size), int(num_writers)
+        self.num_workers = resolve_num_workers(num_workers, len(dataset))
+        loader = DataLoader(
+            _IsolatedItems(dataset), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+            collate_fn=_as_list, prefetch_factor=2 if self.num_workers else None,
+        )
+        super().__init__(device=torch.device(device), val_data_loader=loader, decollate=False, mode="eval")
         self.output_dir = Path(output_dir).expanduser().absolute()
         self.network = network
         self.inferer = inferer
@@ -497,16 +391,25 @@ class FolderInference:
         self.progress = progress
         self.preview_key = preview_key
         self.strict = as_bool(strict)  # a command line gives the string 'false'
+        self._loaded_network: torch.nn.Module | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: deque = deque()
+        self._outcomes: dict[int, tuple[str, str, tuple[str, str] | None]] = {}  # index -> (id, source, failure)
+        self._bar = None
 
     # -- set-up
 
-    def load_network(self) -> torch.nn.Module:
-        """The network to run, in eval mode: TorchScript, or ``network`` with the checkpoint loaded.
+    def load_network(self) -> torch.nn.Module | None:
+        """The network to run, in eval mode: TorchScript, or ``network`` with the checkpoint loaded;
+        ``None`` when the inferer runs its own model (``uses_network = False``).
 
         Raises:
-            FileNotFoundError: the TorchScript file or the checkpoint is missing (the latter unless
-                ``allow_random_weights``).
+            FileNotFoundError: the TorchScript file, the inferer's own model or the checkpoint is missing
+                (the latter unless ``allow_random_weights``).
         """
+        if not getattr(self.inferer, "uses_network", True):
+            self.inferer.load()  # a missing model file is an error before anything is written
+            return None
         if self.torchscript_path is not None:
             if not os.path.isfile(self.torchscript_path):
                 raise FileNotFoundError(
@@ -537,15 +440,34 @@ class FolderInference:
                 "so that inputs can never be overwritten."
             )
 
-    # -- one image
+    # -- prediction
 
-    def _predict(self, sample: dict, network: torch.nn.Module) -> dict:
-        image = torch.as_tensor(sample["image"])
-        if image.ndim != 3:
-            raise ValueError(f"preprocessing gave an image of shape {tuple(image.shape)}, expected (C, H, W).")
-        inputs = image[None].to(self.device, memory_format=self.memory_format)
-        heatmaps = self.inferer(inputs, network)
-        return {**sample, "pred": heatmaps[0].detach().float().cpu()}
+    def _forward(self, images: list[torch.Tensor], network) -> torch.Tensor:
+        """``images`` ``B x (C, H', W')`` -> heatmaps ``(B, N, H', W')`` float32 on the CPU."""
+        for image in images:
+            if image.ndim != 3:
+                raise ValueError(f"preprocessing gave an image of shape {tuple(image.shape)}, expected (C, H, W).")
+        inputs = torch.stack(images).to(self.device, memory_format=self.memory_format)
+        return self.inferer(inputs, network).detach().float().cpu()
+
+    def predict(self, samples: list[dict], network) -> list[torch.Tensor | Exception]:
+        """Heatmaps ``(N, H', W')`` of each preprocessed sample, batched; where the batch fails, each sample
+        alone, so that an exception (returned in its place) belongs to one sample."""
+        images = [_plain_tensor(sample[LandmarkKeys.IMAGE]) for sample in samples]
+        try:
+            return list(self._forward(images, network))
+        except Exception:
+            if len(images) == 1:
+                raise
+        results: list[torch.Tensor | Exception] = []
+        for image in images:
+            try:
+                results.append(self._forward([image], network)[0])
+            except Exception as err:
+                results.append(err)
+        return results
+
+    # -- one image: paths, post-processing, writers
 
     def _outputs(self, image_id: str, source: str) -> dict[str, Path]:
         paths = {"json": output_path(self.output_dir, "landmarks", image_id, ".json")}
@@ -588,7 +510,7 @@ class FolderInference:
             write_overlay_png(paths["overlay"], np.asarray(preview), result.points_px, labels, self.overlay_max_size,
                               image_hw=result.image_hw)
         if "label" in paths:
-            label_xy = sample["pred"]
+            label_xy = sample[LandmarkKeys.PRED]
             label = np.asarray(label_xy).T
             if label.shape != result.image_hw:
                 raise ValueError(
@@ -603,6 +525,103 @@ class FolderInference:
             write_markups_json(paths["markups"], result, names, image_frame(source), extra["provenance"])
         if "sr" in paths:
             write_landmark_sr(paths["sr"], source, result, names, extra["provenance"], extra.get("measurements"))
+
+    def finish_image(self, sample: dict, heatmaps: torch.Tensor, image_id: str, source: str) -> None:
+        """Post-process one image's heatmaps ``(N, H', W')`` and write its outputs (a writer process's job).
+
+        Raises:
+            _StageError: naming the stage (``postprocessing`` or ``writing``) that failed.
+        """
+        stage = "postprocessing"
+        try:
+            post = self.postprocessing({**sample, LandmarkKeys.PRED.value: heatmaps})
+            result = landmark_result(post, image_id)
+            stage = "writing"
+            self._write(result, post, source, self._outputs(image_id, source), self._extra(result))
+        except Exception as err:
+            raise _StageError(stage, err) from err
+
+    def _writer_pool(self) -> ProcessPoolExecutor | None:
+        """``num_writers`` forked processes running :meth:`finish_image` of this runner, or ``None`` (write
+        in this process). Forked, so that they hold this runner (transforms, settings) without pickling it,
+        and forked at once, before the network or an ONNX Runtime session starts threads here (a forked
+        copy of such an object can dead-lock when the copy is freed)."""
+        global _WRITER
+        if not self.num_writers:
+            return None
+        _WRITER = self
+        gc.collect()  # no garbage of earlier runs (e.g. their sessions) goes into the writers
+        pool = ProcessPoolExecutor(self.num_writers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_writer_process_setup)
+        pool.submit(int).result()  # forks every writer now
+        return pool
+
+    # -- bookkeeping of outcomes
+
+    def _record(self, index: int, image_id: str, source: str, failure: tuple[str, str] | None) -> None:
+        """Record the outcome of item ``index`` (``failure`` = (stage, reason)); a failed file's outputs of
+        earlier runs are removed, so that OUT never holds a result this run did not give."""
+        if failure is not None:
+            logger.warning("%s: %s failed: %s", image_id, *failure)
+            with contextlib.suppress(Exception):
+                for path in self._outputs(image_id, source).values():
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+        self._outcomes[index] = (image_id, source, failure)
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def _collect(self, keep: int) -> None:
+        """Wait for the oldest writer jobs until at most ``keep`` are pending, and record their outcomes."""
+        while len(self._pending) > keep:
+            index, image_id, source, job = self._pending.popleft()
+            try:
+                failure = job.result()
+            except _StageError as err:  # sequential
+                failure = (err.stage, _reason(err.error))
+            except Exception as err:  # the writer process died (e.g. killed, out of memory)
+                failure = ("writing", _reason(err))
+            self._record(index, image_id, source, failure)
+
+    def _submit(self, index: int, sample: dict, heatmaps: torch.Tensor, image_id: str, source: str) -> None:
+        if self._pool is None:  # sequential: write now
+            job: Future = Future()
+            try:
+                self.finish_image(sample, heatmaps, image_id, source)
+                job.set_result(None)
+            except _StageError as err:
+                job.set_exception(err)
+        else:
+            job = self._pool.submit(_finish_in_writer, sample, heatmaps, image_id, source)
+        self._pending.append((index, image_id, source, job))
+        # bounded: a few batches in flight, so memory stays that of a few images
+        self._collect(keep=2 * self.batch_size * max(1, self.num_writers))
+
+    # -- the engine
+
+    def _iteration(self, engine, batchdata: list[dict]) -> dict:
+        """One batch of :class:`_IsolatedItems` entries: forward the images that loaded, hand each to a writer."""
+        loaded = []
+        for entry in batchdata:
+            item = self.dataset.data[entry["index"]]
+            image_id, source = str(item.get("id", Path(item["image"]).name)), str(item["image"])
+            if "failure" in entry:
+                self._record(entry["index"], image_id, source, entry["failure"])
+            else:
+                loaded.append((entry, image_id, source))
+        if not loaded:
+            return {"images": 0}
+        samples = [entry["sample"] for entry, _, _ in loaded]
+        try:
+            heatmaps = self.predict(samples, self._loaded_network)
+        except Exception as err:
+            heatmaps = [err] * len(samples)
+        for (entry, image_id, source), sample, maps in zip(loaded, samples, heatmaps):
+            if isinstance(maps, Exception):
+                self._record(entry["index"], image_id, source, ("inference", _reason(maps)))
+            else:
+                self._submit(entry["index"], sample, maps, image_id, source)
+        return {"images": len(loaded)}
 
     # -- the folder
 
@@ -628,62 +647,47 @@ class FolderInference:
         (csv_writer or LandmarkCsvWriter(self.output_dir / "landmarks.csv", names or [], self._csv_columns())).close()
         write_error_csv(self.output_dir / "errors.csv", errors)
 
-    def run(self) -> dict[str, list[str]]:
-        """Process every item; returns ``{"succeeded": [...], "failed": [...], "skipped": [...]}`` (ids).
+    def run(self) -> dict[str, list[str]]:  # type: ignore[override]
+        """Process every item; returns ``{"succeeded": [...], "failed": [...], "skipped": [...]}`` (ids, in
+        folder order).
 
         Raises:
             FolderInferenceError: after writing every output, when no image succeeded, or when
                 ``strict`` and some image failed (``python -m monai.bundle run`` then exits with 1).
         """
-        network = self.load_network()
         self._check_folders()
-        self._start()
         items = list(self.dataset.data)
         if self.write_sr and any(is_dicom(item["image"]) for item in items):
             require_highdicom()
-        names = self.landmark_names
-        summary: dict[str, list[str]] = {"succeeded": [], "failed": [], "skipped": list(self.skipped)}
-        errors = [
-            {"image": rel, "status": "skipped", "stage": "scan", "reason": "not an image file (unknown suffix, no DICOM magic)"}
-            for rel in self.skipped
-        ]
+        self._outcomes, self._pending = {}, deque()
         show = sys.stderr.isatty() if self.progress is None else bool(self.progress)
+        self._pool = self._writer_pool()  # first: before the network or a session starts threads here
         try:
-            with torch.inference_mode(), tqdm(total=len(items), disable=not show, unit="image") as bar:
-                for index, item in enumerate(items):
-                    image_id = str(item.get("id", Path(item["image"]).name))
-                    stage = "preprocessing"
-                    paths: dict[str, Path] = {}
-                    try:
-                        paths = self._outputs(image_id, item["image"])
-                        sample = self.dataset[index]
-                        stage = "inference"
-                        sample = self._predict(sample, network)
-                        stage = "postprocessing"
-                        sample = self.postprocessing(sample)
-                        result = landmark_result(sample, image_id)
-                        if names is None:
-                            names = [f"landmark_{k:02d}" for k in range(result.num_landmarks)]
-                        stage = "writing"
-                        self._write(result, sample, item["image"], paths, self._extra(result))
-                        summary["succeeded"].append(image_id)
-                    except Exception as err:  # one bad file must not stop the folder
-                        if stage == "preprocessing" and _read_error(err) is not None:
-                            stage = "reading"
-                        logger.warning("%s: %s failed: %s", image_id, stage, _reason(err))
-                        for path in paths.values():
-                            with contextlib.suppress(FileNotFoundError):
-                                path.unlink()
-                        errors.append({"image": image_id, "status": "failed", "stage": stage, "reason": _reason(err)})
-                        summary["failed"].append(image_id)
-                    bar.update(1)
+            self._loaded_network = self.load_network()  # a missing model: an error before anything is written
+        except BaseException:
+            if self._pool is not None:
+                self._pool.shutdown()
+            self._pool = None
+            raise
+        try:
+            self._start()
+            with torch.inference_mode(), tqdm(total=len(items), disable=not show, unit="image") as self._bar:
+                try:
+                    Evaluator.run(self)
+                finally:
+                    self._collect(keep=0)
         finally:
-            self._finish(summary["succeeded"], names, errors)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool, self._bar = None, None
+            summary = self._summary()
+            self._finish(summary["succeeded"], self.landmark_names, self._error_rows())
             message = f"{len(summary['succeeded'])} succeeded, {len(summary['failed'])} failed"
             if self.skipped:
                 message += f", {len(self.skipped)} non-image file(s) skipped"
             print(f"{message}; results in {self.output_dir}" + (
-                f", failures listed in {self.output_dir / 'errors.csv'}" if errors else ""), flush=True)
+                f", failures listed in {self.output_dir / 'errors.csv'}" if summary["failed"] or self.skipped else ""),
+                flush=True)
         if not summary["succeeded"]:
             raise FolderInferenceError(
                 f"no image of {self.dataset_dir or 'the input'} gave a result ({len(summary['failed'])} failed, "
@@ -695,5 +699,68 @@ class FolderInference:
             )
         return summary
 
+    def _summary(self) -> dict[str, list[str]]:
+        ordered = [self._outcomes[i] for i in sorted(self._outcomes)]
+        return {
+            "succeeded": [image_id for image_id, _, failure in ordered if failure is None],
+            "failed": [image_id for image_id, _, failure in ordered if failure is not None],
+            "skipped": list(self.skipped),
+        }
+
+    def _error_rows(self) -> list[dict]:
+        rows = [
+            {"image": rel, "status": "skipped", "stage": "scan", "reason": "not an image file (unknown suffix, no DICOM magic)"}
+            for rel in self.skipped
+        ]
+        for index in sorted(self._outcomes):
+            image_id, _, failure = self._outcomes[index]
+            if failure is not None:
+                rows.append({"image": image_id, "status": "failed", "stage": failure[0], "reason": failure[1]})
+        return rows
+
     __call__ = run
 
+
+#: the runner whose :meth:`FolderInference.finish_image` the forked writer processes run
+_WRITER: FolderInference | None = None
+
+
+def _writer_process_setup() -> None:
+    """In a writer process: keep what was inherited (never freed here), die with the runner (Linux), one
+    torch thread (the runner's threads run the network)."""
+    gc.freeze()
+    torch.set_num_threads(1)
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _finish_in_writer(sample: dict, heatmaps: torch.Tensor, image_id: str, source: str) -> tuple[str, str] | None:
+    """A writer process's job: :meth:`FolderInference.finish_image`; returns ``(stage, reason)`` of a failure."""
+    try:
+        _WRITER.finish_image(sample, heatmaps, image_id, source)
+    except _StageError as err:
+        return err.stage, _reason(err.error)
+    return None
+
+
+class _StageError(Exception):
+    """A writer job's failure with the stage it happened in (``error`` is the original exception)."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(stage, error)
+        self.stage, self.error = stage, error
+
+
+def _plain_tensor(image) -> torch.Tensor:
+    """A ``torch.Tensor`` of ``image`` (a ``MetaTensor`` without its metadata, or an array)."""
+    return image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+
+
+BACKENDS = ("torch", "onnxruntime")
+
+
+def unknown_backend(backend: str):
+    """Raise the error of a ``--backend`` that is not one of :data:`BACKENDS`."""
+    raise ValueError(f"--backend must be one of {BACKENDS}, got {backend!r}.")

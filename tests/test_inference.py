@@ -27,7 +27,8 @@ from PIL import Image
 from scripts.coords import apply_matrix, resize_matrix
 from scripts.data.image_reader import read_image
 from scripts.heatmap import gaussian_heatmaps
-from scripts.inference import DecodeLandmarksd, LandmarksToOriginald, load_weights, scan_image_folder
+from scripts.inference import load_weights, scan_image_folder
+from scripts.transforms.post import DecodeLandmarksd, LandmarksToOriginald
 from scripts.transforms import ResizeWithLandmarks
 from scripts.writers import (
     LandmarkCsvWriter,
@@ -297,8 +298,9 @@ def test_known_points_in_original_pixels_and_mm(tmp_path):
 
     # the config's postprocessing ends with the MONAI Label output: "pred" = the same label image,
     # indexed [x, y] (W, H) like MONAI's LoadImage arrays, and "result" = the JSON document
-    sample = runner._predict(wf.dataset[0], runner.network)
-    post = wf.parser.get_parsed_content("postprocessing")(sample)
+    sample = wf.dataset[0]
+    heatmaps = runner.predict([sample], runner.network)[0]
+    post = wf.parser.get_parsed_content("postprocessing")({**sample, "pred": heatmaps})
     assert post["pred"].shape == (DICOM_HW[1], DICOM_HW[0]) and post["pred"].dtype == np.uint8
     np.testing.assert_array_equal(post["pred"].T, label)
     assert post["result"]["landmarks"] == document["landmarks"]

@@ -193,7 +193,8 @@ def test_trust_flags_and_named_errors_in_a_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(scripts.inference, "read_image", lambda path: decodes.append(path) or read(path))
 
     points_net = np.array([[8.0 + (k % 6) * 3, 6.0 + (k // 6) * 3] for k in range(NUM_LANDMARKS)])
-    wf = workflow(inp, out, allow_random_weights=True)
+    # read in this process (num_workers 0), so that the decodes are counted
+    wf = workflow(inp, out, allow_random_weights=True, num_workers=0)
     wf.evaluator.network = FixedPeakNet(points_net)  # peaks of height 100 at integer points: confidence 1
     summary = wf.evaluator.run()
     assert sorted(summary["succeeded"]) == ["absurd.dcm", "constant.png", "ct.dcm", "dx.dcm"]

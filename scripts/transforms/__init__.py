@@ -4,9 +4,10 @@
 - :mod:`~scripts.transforms.spatial`: resize (stretch or letterbox) and random affine + elastic, points moved with the image.
 - :mod:`~scripts.transforms.intensity`: histogram matching, percentile normalisation, random scale and shift.
 - :mod:`~scripts.transforms.targets`: Gaussian heatmaps and the landmark mask.
+- :mod:`~scripts.transforms.post`: heatmaps to points (network, original px, mm), results and label images.
 
 Every public name is re-exported here (as ``monai.transforms`` does), so configs write
-``scripts.transforms.spatial.ResizeWithLandmarksd``. Points follow :mod:`scripts.coords`: ``(x, y)`` pixels,
+``scripts.transforms.ResizeWithLandmarksd``. Points follow :mod:`scripts.coords`: ``(x, y)`` pixels,
 integer = pixel centre, NaN = missing; sample keys are :class:`scripts.keys.LandmarkKeys`.
 """
 
@@ -19,6 +20,14 @@ from scripts.transforms.intensity import (
     RobustNormalizeIntensityd,
 )
 from scripts.transforms.io import LabelImageToLandmarks, LandmarksFromLabelImaged, LoadLandmarkImaged
+from scripts.transforms.post import (
+    DecodeLandmarks,
+    DecodeLandmarksd,
+    LandmarkLabelOutputd,
+    LandmarksToOriginal,
+    LandmarksToOriginald,
+    landmark_result,
+)
 from scripts.transforms.spatial import (
     RandLandmarkAffineElastic,
     RandLandmarkAffineElasticd,

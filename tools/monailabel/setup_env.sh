@@ -16,10 +16,11 @@ fi
 # pins an older jsonschema, and pydicom comes at the 2.x that MONAI Label's pydicom-seg imports;
 # highdicom (DICOM SR of folder inference) needs pydicom 3 and MLflow tracking is for training runs of
 # the bundle's own environment, so both stay out too (the bundle imports them only when used);
+# onnxruntime (the optional --backend onnxruntime of folder inference, imported only then) stays out;
 # the pylibjpeg decoder plugins need numpy >= 2 and pydicom-seg pins numpy < 2, so they stay out as well:
 # MONAI Label's own DICOM loading decodes what its pydicom 2.x can (uncompressed, RLE; JPEG via Pillow)
 RUNTIME="$(mktemp)"
 trap 'rm -f "$RUNTIME"' EXIT
-grep -v -E '^(jsonschema|pytest|onnx|onnxscript|pydicom|pylibjpeg|imagecodecs|highdicom|mlflow-skinny|sqlalchemy|alembic)\b' requirements.txt > "$RUNTIME"
+grep -v -E '^(jsonschema|pytest|onnx|onnxscript|onnxruntime|pydicom|pylibjpeg|imagecodecs|highdicom|mlflow-skinny|sqlalchemy|alembic)\b' requirements.txt > "$RUNTIME"
 "$ENV_DIR/bin/python" -m pip install --quiet torch==2.14.1 torchvision==0.29.1 monailabel==0.8.5 "pydicom>=2.4,<3" -r "$RUNTIME"
 "$ENV_DIR/bin/python" -c "import torch, torchvision, monai, monailabel; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'monai', monai.__version__, 'monailabel', monailabel.__version__)"
