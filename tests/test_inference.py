@@ -54,13 +54,13 @@ def checkpoint(tmp_path_factory) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
 
 
-def workflow(dataset_dir, output_dir, overlays=(), **overrides) -> ConfigWorkflow:
-    """The inference workflow on ``SMALL`` (``overlays``: e.g. ``["configs/lower_limb.json"]``, merged after
-    inference.json); never the repository's own models/model.pt."""
+def workflow(dataset_dir, output_dir, config_overlays=(), **overrides) -> ConfigWorkflow:
+    """The inference workflow on ``SMALL`` (``config_overlays``: e.g. ``["configs/lower_limb.json"]``, merged
+    after inference.json); never the repository's own models/model.pt."""
     settings = {"bundle_root": str(ROOT), "dataset_dir": str(dataset_dir), "output_dir": str(output_dir)}
     overrides.setdefault("ckpt_path", str(Path(output_dir).parent / "no_such_checkpoint.pt"))
     wf = ConfigWorkflow(
-        config_file=[str(CONFIG)] + [str(ROOT / o) for o in overlays], meta_file=str(META), workflow_type="infer",
+        config_file=[str(CONFIG)] + [str(ROOT / o) for o in config_overlays], meta_file=str(META), workflow_type="infer",
         **settings, **SMALL, **overrides,
     )
     wf.initialize()
