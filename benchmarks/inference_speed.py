@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -122,6 +123,8 @@ def build(overrides: dict) -> ConfigParser:
 
 
 def evaluator_for(overrides: dict) -> tuple[ConfigParser, scripts.inference.FolderInference, float]:
+    """The evaluator of ``overrides`` into an emptied ``output_dir`` (no results of earlier runs), and the parse time."""
+    shutil.rmtree(overrides["output_dir"], ignore_errors=True)
     start = time.perf_counter()
     parser = build(overrides)
     evaluator = parser.get_parsed_content("evaluator")

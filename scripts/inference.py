@@ -549,6 +549,9 @@ class FolderInference(Evaluator):
         global _WRITER
         if not self.num_writers:
             return None
+        if "fork" not in multiprocessing.get_all_start_methods():  # Windows: write in this process
+            logger.info("no fork on this platform: writing in the calling process (num_writers 0).")
+            return None
         _WRITER = self
         gc.collect()  # no garbage of earlier runs (e.g. their sessions) goes into the writers
         pool = ProcessPoolExecutor(self.num_writers, mp_context=multiprocessing.get_context("fork"),
