@@ -1,8 +1,8 @@
 """Folder inference speed on full-size radiographs: end to end against the bare forward pass.
 
-For each model (``demo``: the demo SCN at 128 x 128; ``hand_fast_scn``: the hand preset, 256 x 256,
-``scn_variant fast``; ``hand_hourglass``: the stacked hourglass of ``configs/train_adversarial.json`` at
-256 x 256) and each backend (``torch`` eager, ``onnxruntime``), side by side in one process, this prints:
+For each model (``demo``: the demo SCN of ``configs/inference.json`` at 128 x 128; ``hand_fast_scn``: with
+the ``configs/hand.json`` overlay, 256 x 256, ``scn_variant fast``; ``hand_hourglass``: the stacked hourglass
+of ``configs/adversarial.json`` at 256 x 256) and each backend (``torch`` eager, ``onnxruntime``), side by side in one process, this prints:
 
 * ``e2e``: images/s of :class:`scripts.inference.FolderInference` (the ``configs/inference.json``
   evaluator, pipelined: DataLoader workers, batched forward, writer process) on ``--n`` synthetic
@@ -55,28 +55,29 @@ from monai.bundle import ConfigParser  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import scripts.inference  # noqa: E402
-import scripts.transforms  # noqa: E402
+import scripts.transforms.io  # noqa: E402
 from scripts.data.synthetic import render_hand  # noqa: E402
 from scripts.inferers import export_onnx  # noqa: E402
 from scripts.transforms.post import landmark_result  # noqa: E402
 from tests.helpers import write_dicom  # noqa: E402
 
 CONFIG = REPO_ROOT / "configs" / "inference.json"
-ADVERSARIAL = REPO_ROOT / "configs" / "train_adversarial.json"
+ADVERSARIAL = REPO_ROOT / "configs" / "adversarial.json"
+HAND = REPO_ROOT / "configs" / "hand.json"
 META = REPO_ROOT / "configs" / "metadata.json"
 FORMATS = ("png", "dicom")
 MINIMAL_OUTPUTS = {"overlays": False, "label_images": False, "write_sr": False}
 WRITERS = ("write_overlay_png", "write_label_image", "write_landmarks_json", "write_markups_json", "write_landmark_sr")
 
 
-def model_overrides(name: str) -> dict:
-    """Config overrides (on configs/inference.json) of the benchmarked models."""
+def model_config(name: str) -> tuple[list[Path], dict]:
+    """Data overlays (merged after configs/inference.json) and overrides of the benchmarked models."""
     if name == "demo":
-        return {"preset": "demo_hand"}
+        return [], {}
     if name == "hand_fast_scn":
-        return {"preset": "hand", "scn_variant": "fast"}
+        return [HAND], {"scn_variant": "fast"}
     if name == "hand_hourglass":
-        return {"preset": "hand", "network_def": json.loads(ADVERSARIAL.read_text())["network_def"]}
+        return [HAND], {"network_def": json.loads(ADVERSARIAL.read_text())["network_def"]}
     raise ValueError(f"unknown model {name!r}; choose from demo, hand_fast_scn, hand_hourglass.")
 
 
@@ -103,7 +104,7 @@ def make_images(folder: Path, n: int, hw: tuple[int, int]) -> dict[str, Path]:
 
 
 def reference_image(folder: Path) -> Path:
-    """A histogram-matching reference for the hand preset (the real one is training data)."""
+    """A histogram-matching reference for the hand overlay (the real one is training data)."""
     path = folder / "reference.png"
     if not path.exists():
         image, _ = render_hand(np.random.default_rng(10_000), (512, 410))
@@ -114,19 +115,19 @@ def reference_image(folder: Path) -> Path:
 # ---------------------------------------------------------------- config
 
 
-def build(overrides: dict) -> ConfigParser:
+def build(overlays: list[Path], overrides: dict) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(str(CONFIG))
+    parser.read_config([str(CONFIG)] + [str(o) for o in overlays])
     parser.read_meta(str(META))
     parser.update({"bundle_root": str(REPO_ROOT), **overrides})
     return parser
 
 
-def evaluator_for(overrides: dict) -> tuple[ConfigParser, scripts.inference.FolderInference, float]:
+def evaluator_for(overlays: list[Path], overrides: dict) -> tuple[ConfigParser, scripts.inference.FolderInference, float]:
     """The evaluator of ``overrides`` into an emptied ``output_dir`` (no results of earlier runs), and the parse time."""
     shutil.rmtree(overrides["output_dir"], ignore_errors=True)
     start = time.perf_counter()
-    parser = build(overrides)
+    parser = build(overlays, overrides)
     evaluator = parser.get_parsed_content("evaluator")
     return parser, evaluator, time.perf_counter() - start
 
@@ -185,7 +186,7 @@ def stage_times(parser: ConfigParser, evaluator, count: int, out_dir: Path) -> d
     preprocessing = parser.get_parsed_content("preprocessing").transforms
     postprocessing = parser.get_parsed_content("postprocessing").transforms
     network = evaluator.load_network()
-    undo = [timer.wrap(scripts.transforms, "read_image", "decode")]
+    undo = [timer.wrap(scripts.transforms.io, "read_image", "decode")]
     undo += [timer.wrap(scripts.inference, writer, "write " + writer.removeprefix("write_")) for writer in WRITERS]
     try:
         with torch.inference_mode():
@@ -222,7 +223,7 @@ def landmarks_of(folder: Path) -> dict[str, np.ndarray]:
     return points
 
 
-def cli_startup(overlay: Path, image: Path, out_dir: Path) -> float:
+def cli_startup(overlays: list[Path], image: Path, out_dir: Path) -> float:
     """Seconds of ``python -m monai.bundle run`` on a folder holding one image, process start to exit."""
     single = out_dir / "single_input"
     single.mkdir(parents=True, exist_ok=True)
@@ -230,7 +231,7 @@ def cli_startup(overlay: Path, image: Path, out_dir: Path) -> float:
     if not target.exists():
         target.symlink_to(image)
     command = [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", f"['{CONFIG}','{overlay}']", "--meta_file", str(META),
+        sys.executable, "-m", "monai.bundle", "run", "--config_file", str([str(CONFIG)] + [str(o) for o in overlays]), "--meta_file", str(META),
         "--bundle_root", str(REPO_ROOT), "--dataset_dir", str(single), "--output_dir", str(out_dir / "single_output"),
     ]
     start = time.perf_counter()
@@ -276,7 +277,8 @@ def main(argv=None) -> dict:
     results = {"n": args.n, "hw": hw, "threads": torch.get_num_threads(), "load_start": load_start, "models": {}}
 
     for model in args.models.split(","):
-        overrides = {**model_overrides(model), "reference_image": str(reference), "progress": False}
+        data_overlays, model_overrides = model_config(model)
+        overrides = {**model_overrides, "reference_image": str(reference), "progress": False}
         if args.batch_size:
             overrides["batch_size"] = args.batch_size
         if args.num_workers is not None:
@@ -285,7 +287,7 @@ def main(argv=None) -> dict:
         models_dir = out / "models"
         models_dir.mkdir(parents=True, exist_ok=True)
         ckpt, onnx_path = models_dir / f"{model}.pt", models_dir / f"{model}.onnx"
-        parser = build({**overrides, "dataset_dir": str(folders["png"]), "output_dir": str(out / "unused")})
+        parser = build(data_overlays, {**overrides, "dataset_dir": str(folders["png"]), "output_dir": str(out / "unused")})
         if not ckpt.exists():
             torch.manual_seed(0)
             torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
@@ -304,7 +306,7 @@ def main(argv=None) -> dict:
             for fmt in args.formats.split(","):
                 run_dir = out / "runs" / f"{model}_{backend}_{fmt}"
                 parser, evaluator, parse_s = evaluator_for(
-                    {**overrides, "backend": backend, "dataset_dir": str(folders[fmt]), "output_dir": str(run_dir)})
+                    data_overlays, {**overrides, "backend": backend, "dataset_dir": str(folders[fmt]), "output_dir": str(run_dir)})
                 row["parse_s"] = round(parse_s, 2)
                 start = time.perf_counter()
                 with contextlib.redirect_stdout(sys.stderr):
@@ -319,7 +321,7 @@ def main(argv=None) -> dict:
                 if fmt == "dicom" and backend == "torch":
                     row["stages_ms_dicom"] = stage_times(parser, evaluator, args.stage_images, out / "stages" / model)
                 if args.sequential and backend == "torch":
-                    _, sequential, _ = evaluator_for({**overrides, "backend": backend, "dataset_dir": str(folders[fmt]),
+                    _, sequential, _ = evaluator_for(data_overlays, {**overrides, "backend": backend, "dataset_dir": str(folders[fmt]),
                                                       "output_dir": str(run_dir) + "_sequential", "batch_size": 1,
                                                       "num_workers": 0, "num_writers": 0})
                     start = time.perf_counter()
@@ -330,7 +332,7 @@ def main(argv=None) -> dict:
                     row[f"max_px_pipelined_vs_sequential_{fmt}"] = float(max(
                         np.abs(points[k] - seq_points[k]).max() for k in points))
                 if args.minimal and backend == "torch":
-                    _, minimal, _ = evaluator_for({**overrides, "backend": backend, "dataset_dir": str(folders[fmt]),
+                    _, minimal, _ = evaluator_for(data_overlays, {**overrides, "backend": backend, "dataset_dir": str(folders[fmt]),
                                                    "output_dir": str(run_dir) + "_minimal", **MINIMAL_OUTPUTS})
                     start = time.perf_counter()
                     with contextlib.redirect_stdout(sys.stderr):
@@ -348,7 +350,7 @@ def main(argv=None) -> dict:
                 row["ratio_dicom"] = round(row["e2e_dicom"] / row["forward"], 2)
             if not args.no_startup:
                 overlay.write_text(json.dumps({**json.loads(overlay.read_text()), "backend": backend}, indent=1))
-                row["startup_cli_1_image_s"] = round(cli_startup(overlay, sorted(folders["png"].iterdir())[0],
+                row["startup_cli_1_image_s"] = round(cli_startup(data_overlays + [overlay], sorted(folders["png"].iterdir())[0],
                                                                  out / "startup" / f"{model}_{backend}"), 2)
             figures[backend] = row
             print(f"{model:15s} {backend:11s} " + ", ".join(f"{k} {v}" for k, v in row.items() if not k.startswith("stages")),
