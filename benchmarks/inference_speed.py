@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -55,7 +56,9 @@ from monai.bundle import ConfigParser  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import scripts.inference  # noqa: E402
+import scripts.writers.results  # noqa: E402
 import scripts.transforms.io  # noqa: E402
+from scripts.checkpoints import load_weights  # noqa: E402
 from scripts.data.synthetic import render_hand  # noqa: E402
 from scripts.inferers import export_onnx  # noqa: E402
 from scripts.transforms.post import landmark_result  # noqa: E402
@@ -138,7 +141,7 @@ def evaluator_for(overlays: list[Path], overrides: dict) -> tuple[ConfigParser, 
 def forward_rate(evaluator, batch_size: int, repeats: int) -> float:
     """Images/s of ``inferer(random (B, 1, H', W'), network)``, the runner's network and inferer."""
     network = evaluator.load_network()
-    grid = evaluator.provenance["preprocessing_grid"]
+    grid = evaluator.writer.provenance["preprocessing_grid"]
     height, width = int(grid["height"]), int(grid["width"])
     inputs = torch.randn(batch_size, 1, height, width).to(evaluator.device, memory_format=evaluator.memory_format)
     with torch.inference_mode():
@@ -187,7 +190,9 @@ def stage_times(parser: ConfigParser, evaluator, count: int, out_dir: Path) -> d
     postprocessing = parser.get_parsed_content("postprocessing").transforms
     network = evaluator.load_network()
     undo = [timer.wrap(scripts.transforms.io, "read_image", "decode")]
-    undo += [timer.wrap(scripts.inference, writer, "write " + writer.removeprefix("write_")) for writer in WRITERS]
+    undo += [timer.wrap(scripts.writers.results, writer, "write " + writer.removeprefix("write_")) for writer in WRITERS]
+    writer = copy.copy(evaluator.writer)  # the same outputs, written below out_dir
+    writer.output_dir = out_dir
     try:
         with torch.inference_mode():
             for item in evaluator.dataset.data[:count]:
@@ -202,9 +207,7 @@ def stage_times(parser: ConfigParser, evaluator, count: int, out_dir: Path) -> d
                     with timer.time(type(transform).__name__):
                         sample = transform(sample)
                 result = landmark_result(sample, item["id"])
-                paths = {key: out_dir / path.relative_to(evaluator.output_dir)
-                         for key, path in evaluator._outputs(item["id"], item["image"]).items()}
-                evaluator._write(result, sample, item["image"], paths, evaluator._extra(result))
+                writer.write(result, sample, item["image"])
     finally:
         for restore in undo:
             restore()
@@ -293,7 +296,7 @@ def main(argv=None) -> dict:
             torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
         overrides["ckpt_path"], overrides["onnx_path"] = str(ckpt), str(onnx_path)
         if "onnxruntime" in args.backends and not onnx_path.exists():
-            network = scripts.inference.load_weights(parser.get_parsed_content("network_def"), ckpt)
+            network = load_weights(parser.get_parsed_content("network_def"), ckpt)
             export_onnx(network, onnx_path, parser.get_parsed_content("spatial_size"))
         overlay = out / "configs" / f"{model}.json"
         overlay.parent.mkdir(parents=True, exist_ok=True)

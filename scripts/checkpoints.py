@@ -20,7 +20,7 @@ import torch
 
 from scripts.writers.files import atomic_write
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "keep_reference_image"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_weights", "rng_state", "set_rng_state", "keep_reference_image"]
 
 
 def save_checkpoint(obj, path: str | os.PathLike) -> None:
@@ -87,3 +87,38 @@ def keep_reference_image(reference_image: str | os.PathLike | None, ckpt_dir: st
     if target.resolve() != source.resolve():
         atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
     return str(target)
+
+
+def load_weights(network: torch.nn.Module, ckpt_path: str | os.PathLike) -> torch.nn.Module:
+    """Load a checkpoint into ``network`` (strictly) and return it.
+
+    Accepts a plain ``state_dict`` (what ``CheckpointSaver`` writes for one object, e.g.
+    ``models/model.pt``) or a dict holding it under ``"model"`` or ``"network"`` (e.g.
+    ``models/last.ckpt``); a ``"module."`` prefix (DistributedDataParallel) is removed.
+
+    Raises:
+        FileNotFoundError: no file at ``ckpt_path``.
+        ValueError: the file holds no weights, holds objects other than tensors and containers
+            (refused unread: loading them could run code), or the weights do not fit the network
+            (message names the file).
+    """
+    path = os.fspath(ckpt_path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} not found.")
+    state = load_checkpoint(path)  # weights_only: a crafted file cannot run code
+    if isinstance(state, Mapping) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        nested = next((state[k] for k in ("model", "network") if isinstance(state.get(k), Mapping)), None)
+        if nested is None:
+            raise ValueError(f"checkpoint {path} holds no network weights (entries: {sorted(state)}).")
+        state = nested
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a state_dict.")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"checkpoint {path} does not fit network_def (trained with another data overlay, num_landmarks "
+            f"or num_filters?): {' '.join(str(err).split())[:800]}"
+        ) from err
+    return network

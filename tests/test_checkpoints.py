@@ -24,7 +24,7 @@ from ignite.engine import Engine
 
 from scripts.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from scripts.handlers import LastCheckpoint
-from scripts.inference import load_weights
+from scripts.checkpoints import load_weights
 from scripts.networks.scn import SpatialConfigurationNet
 from tests.helpers import BUNDLE_ROOT, run_bundle, training_values
 

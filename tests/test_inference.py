@@ -27,7 +27,8 @@ from PIL import Image
 from scripts.coords import apply_matrix, resize_matrix
 from scripts.data.image_reader import read_image
 from scripts.heatmap import gaussian_heatmaps
-from scripts.inference import load_weights, scan_image_folder
+from scripts.checkpoints import load_weights
+from scripts.data.folder import scan_image_folder
 from scripts.transforms.post import DecodeLandmarksd, LandmarksToOriginald
 from scripts.transforms import ResizeWithLandmarks
 from scripts.writers import (

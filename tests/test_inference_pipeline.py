@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts.inference import resolve_num_workers
+from scripts.data.folder import resolve_num_workers
 from scripts.writers import output_path
 from tests.helpers import tiny_checkpoint, write_dicom
 from tests.test_inference import radiograph, read_csv, tree_digest, workflow

@@ -20,6 +20,7 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 
 import scripts.inference
+import scripts.writers.results
 import scripts.transforms.io
 from scripts.inference import FolderInferenceError
 from scripts.writers import output_path
@@ -190,7 +191,7 @@ def test_trust_flags_and_named_errors_in_a_folder(tmp_path, monkeypatch):
     decodes = []
     read = scripts.transforms.io.read_image
     monkeypatch.setattr(scripts.transforms.io, "read_image", lambda path: decodes.append(path) or read(path))
-    monkeypatch.setattr(scripts.inference, "read_image", lambda path: decodes.append(path) or read(path))
+    monkeypatch.setattr(scripts.writers.results, "read_image", lambda path: decodes.append(path) or read(path))
 
     points_net = np.array([[8.0 + (k % 6) * 3, 6.0 + (k // 6) * 3] for k in range(NUM_LANDMARKS)])
     # read in this process (num_workers 0), so that the decodes are counted

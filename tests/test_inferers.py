@@ -19,7 +19,7 @@ from monai.bundle import ConfigParser
 from PIL import Image
 
 from scripts.heatmap import gaussian_heatmaps
-from scripts.inference import load_weights
+from scripts.checkpoints import load_weights
 from scripts.inferers import AutocastInferer, OnnxRuntimeInferer, export_onnx
 from scripts.networks.scn import SpatialConfigurationNet
 from scripts.writers import output_path
