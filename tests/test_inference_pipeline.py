@@ -14,7 +14,6 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts.data.folder import resolve_num_workers
 from scripts.writers import output_path
 from tests.helpers import tiny_checkpoint, write_dicom
 from tests.test_inference import radiograph, read_csv, tree_digest, workflow
@@ -115,11 +114,3 @@ def test_overlays_and_label_images_can_be_switched_off(tmp_path, checkpoint):
     workflow(inp, out, ckpt_path=str(checkpoint), overlays=False, label_images="false").evaluator.run()
     assert sorted(p.name for p in out.iterdir()) == ["errors.csv", "landmarks", "landmarks.csv", "markups", "sr"]
     assert len(list((out / "landmarks").rglob("*.json"))) == len(good)
-
-
-def test_resolve_num_workers():
-    assert resolve_num_workers(3, 100) == 3 and resolve_num_workers("0", 100) == 0
-    assert resolve_num_workers("auto", 1) == 0  # one image: nothing to overlap
-    assert 1 <= resolve_num_workers("auto", 100) <= 4
-    with pytest.raises(ValueError, match="num_workers must be >= 0 or 'auto', got -1"):
-        resolve_num_workers(-1, 10)

@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,3 +70,31 @@ def test_writes_through_a_symlink_inside_the_output_folder_are_refused(tmp_path)
     assert output_path(out, "overlays", "b/img.png", ".png") == out / "overlays" / "b" / "img.png.png"
     atomic_write(out / "overlays" / "b" / "x.txt", lambda tmp: open(tmp, "w").write("x"))
     assert list(outside.iterdir()) == []
+
+
+def test_output_path_is_injective_and_stays_inside(tmp_path):
+    names = ["x.png", "x.jpg", "a/x.png", "a__x.png", "a/b/img.dcm", "img"]
+    paths = [output_path(tmp_path, "overlays", n, ".png") for n in names]
+    assert len(set(paths)) == len(names)
+    assert paths[4] == tmp_path / "overlays" / "a" / "b" / "img.dcm.png"
+    for bad in ("../x.png", "/etc/passwd", "a/../../x.png", ""):
+        with pytest.raises(ValueError):
+            output_path(tmp_path, "overlays", bad, ".png")
+    with pytest.raises(ValueError):
+        output_path(tmp_path, "../elsewhere", "x.png", ".png")
+
+
+def test_atomic_write_leaves_old_file_or_nothing(tmp_path):
+    target = tmp_path / "result.json"
+
+    def failing(tmp):
+        Path(tmp).write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert list(tmp_path.iterdir()) == []
+    atomic_write(target, lambda tmp: Path(tmp).write_text("complete"))
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert target.read_text() == "complete" and list(tmp_path.iterdir()) == [target]

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from scripts.coords import apply_matrix, resize_matrix
-from scripts.writers.images import downscale_image, write_overlay_png
+from scripts.writers.images import downscale_image, render_overlay, write_overlay_png
 
 
 def test_downscale_keeps_small_images_and_shrinks_large_ones_with_the_mean_kept():
@@ -35,3 +35,16 @@ def test_overlay_png_from_a_preview_marks_original_pixel_points(tmp_path):
     assert pixels[int(y) - 4 : int(y) + 5, int(x) - 4 : int(x) + 5].max() > 100  # the marker on a black image
     assert pixels[:20, :20].max() == 0
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["x.png"]
+
+
+def test_overlay_is_shrunk_and_marks_the_points():
+    image = np.zeros((3000, 1000), np.float32)
+    image[:, 500:] = 1000.0
+    points = np.array([[250.0, 1500.0], [750.0, 600.0]])
+    overlay = render_overlay(image, points, max_size=600)
+    assert overlay.mode == "RGB" and overlay.size == (200, 600)
+    pixels = np.asarray(overlay).astype(int)
+    x, y = apply_matrix(points, resize_matrix((3000, 1000), (600, 200)))[0]
+    ring = pixels[int(y) - 4 : int(y) + 5, int(x) - 4 : int(x) + 5]
+    assert (ring.max(axis=-1) - ring.min(axis=-1)).max() > 100  # a coloured marker on grey
+    assert (pixels[590:, 10:40] == 0).all() and (pixels[590:, 160:190] == 255).all()  # windowed grey image

@@ -39,3 +39,23 @@ def test_bad_label_images_are_refused():
         landmarks_from_label_image(np.array([[0.5, 1.0]]), num_landmarks=2)
     with pytest.raises(ValueError, match=r"\(H, W\) or \(1, H, W\)"):
         landmarks_from_label_image(np.zeros((2, 3, 3)), num_landmarks=2)
+
+
+def test_label_image_discs():
+    points = np.array([[5.0, 4.0], [np.nan, np.nan], [-10.0, 3.0], [19.4, 0.2]])
+    label = landmark_label_image(points, (8, 20), radius=1.5)
+    assert label.dtype == np.uint8 and label.shape == (8, 20)
+    assert set(np.unique(label)) == {0, 1, 4}
+    assert (label == 1).sum() == 9 and label[4, 5] == 1 and label[4, 7] == 0  # 3 x 3 disc of radius 1.5
+    assert label[0, 19] == 4  # a disc cut by the border
+    assert landmark_label_image(np.zeros((300, 2)), (4, 4), radius=1).dtype == np.uint16
+
+
+@pytest.mark.parametrize("suffix", [".png", ".nii.gz"])
+def test_label_image_files_read_back(tmp_path, suffix):
+    label = landmark_label_image(np.array([[3.0, 1.0], [8.0, 5.0]]), (7, 11), radius=1)
+    path = write_label_image(tmp_path / f"label{suffix}", label, spacing=(0.5, 0.25))
+    record = read_image(path)
+    np.testing.assert_array_equal(record.array, label)
+    assert record.spacing == ((0.5, 0.25) if suffix == ".nii.gz" else None)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

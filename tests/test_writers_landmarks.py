@@ -11,7 +11,9 @@ import pytest
 
 from scripts.writers.landmarks import (
     COORDINATE_CONVENTION,
+    LandmarkCsvWriter,
     LandmarkResult,
+    landmark_csv_header,
     landmark_result_from_document,
     write_error_csv,
     write_landmarks_json,
@@ -61,3 +63,23 @@ def test_error_table_has_its_header_even_when_empty(tmp_path):
         assert list(csv.reader(f)) == [["image", "status", "stage", "reason"]]
     with open(tmp_path / "errors2.csv", newline="") as f:
         assert list(csv.DictReader(f)) == [{"image": "x.png", "status": "failed", "stage": "read", "reason": "truncated"}]
+
+
+def test_landmark_csv_writer_rows_and_interruption(tmp_path):
+    names = ["tip", "base"]
+    result = LandmarkResult(
+        image="a/b.dcm", image_hw=(10, 20), points_px=[[1.25, 2.5], [np.nan, np.nan]], confidence=[0.9, 0.0],
+        spacing=(0.5, 0.25), spacing_source="PixelSpacing", points_mm=[[0.625, 0.625], [np.nan, np.nan]],
+    )
+    path = tmp_path / "landmarks.csv"
+    with pytest.raises(KeyboardInterrupt):
+        with LandmarkCsvWriter(path, names) as writer:
+            writer.write(result)
+            assert not path.exists()  # rows go to a temporary file until the table is closed
+            raise KeyboardInterrupt
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == landmark_csv_header(names)
+    assert rows[0]["tip_x"] == "1.25" and rows[0]["tip_y_mm"] == "0.625" and rows[0]["base_x"] == ""
+    assert rows[0]["width"] == "20" and rows[0]["height"] == "10" and rows[0]["spacing_x_mm"] == "0.5"
+    assert [p.name for p in tmp_path.iterdir()] == ["landmarks.csv"]
