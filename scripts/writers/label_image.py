@@ -70,7 +70,7 @@ def write_label_image(path: PathLike, label: np.ndarray, spacing: Sequence[float
         from PIL import Image
 
         image = Image.fromarray(label)  # mode "L" or "I;16"
-        return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+        return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1))
     if name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
