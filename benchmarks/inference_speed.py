@@ -257,6 +257,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--formats", default="png,dicom")
     ap.add_argument("--batch_size", type=int, default=None, help="default: the config's")
     ap.add_argument("--num_workers", default=None, help="default: the config's ('auto')")
+    ap.add_argument("--num_writers", type=int, default=None, help="writer processes (default: the config's)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, = cores)")
     ap.add_argument("--stage_images", type=int, default=3, help="files timed stage by stage")
     ap.add_argument("--forward_repeats", type=int, default=5)
@@ -286,6 +287,8 @@ def main(argv=None) -> dict:
             overrides["batch_size"] = args.batch_size
         if args.num_workers is not None:
             overrides["num_workers"] = args.num_workers if args.num_workers == "auto" else int(args.num_workers)
+        if args.num_writers is not None:
+            overrides["num_writers"] = args.num_writers
         # random weights, saved once, so that every backend and run uses the same ones
         models_dir = out / "models"
         models_dir.mkdir(parents=True, exist_ok=True)
