@@ -74,17 +74,12 @@ from PIL import Image  # noqa: E402
 from benchmarks.compare_methods import METHODS, real_hand_command  # noqa: E402
 from scripts.data import LandmarkDataset  # noqa: E402
 from scripts.data.image_reader import read_image  # noqa: E402
+from scripts.data.phantoms import HAND_FINGER_CHAINS  # noqa: E402
 from scripts.data.synthetic import generate_demo_dataset  # noqa: E402
 from scripts.writers import atomic_write, write_text  # noqa: E402
 from scripts.writers.files import write_csv, write_json  # noqa: E402
 
-HAND_GROUPS = {
-    "thumb": (17, 18, 19, 20),
-    "index": (16, 21, 22, 23, 24),
-    "middle": (15, 25, 26, 27, 28),
-    "ring": (14, 29, 30, 31, 32),
-    "little": (13, 33, 34, 35, 36),
-}
+HAND_GROUPS = HAND_FINGER_CHAINS  # the 37-landmark hand layout: the real data and the demo phantom share it
 LIMB_GROUPS = {"right": (0, 1, 2), "left": (3, 4, 5)}
 LIMB_IMPLANTS = ("hip_right", "knee_left")
 LIMB_IMPLANTED_LANDMARKS = (0, 4)

@@ -42,6 +42,7 @@ from scripts.data.canvas import (
 
 __all__ = [
     "HAND_LANDMARKS",
+    "HAND_FINGER_CHAINS",
     "LOWER_LIMB_LANDMARKS",
     "LOWER_LIMB_IMPLANTS",
     "HAND_DEFAULT_HW",
@@ -56,7 +57,7 @@ __all__ = [
 
 _FINGER_NAMES = ("thumb", "index", "middle", "ring", "little")
 # Joint chain of each finger, from its metacarpal base to its tip (landmark indices).
-_FINGER_CHAINS = {
+HAND_FINGER_CHAINS = {
     "thumb": (17, 18, 19, 20),
     "index": (16, 21, 22, 23, 24),
     "middle": (15, 25, 26, 27, 28),
@@ -148,7 +149,7 @@ def _hand_pose(rng: np.random.Generator) -> np.ndarray:
     pts = _HAND_TEMPLATE.copy()
     pts[5:13] += rng.normal(0.0, 0.004, size=(8, 2))
     for name in _FINGER_NAMES:
-        chain = list(_FINGER_CHAINS[name])
+        chain = list(HAND_FINGER_CHAINS[name])
         base, rest = pts[chain[0]], chain[1:]
         pts[rest] = base + rng.uniform(0.9, 1.1) * (pts[rest] - base)  # finger length
         swing = rng.uniform(-12.0, 12.0) if name == "thumb" else rng.uniform(-3.0, 3.0)
@@ -207,7 +208,7 @@ def render_hand(rng: np.random.Generator, image_hw: Sequence[int] = HAND_DEFAULT
         canvas.capsule(bone, a, b, r_p, r_q, r_shaft)
 
     for name in _FINGER_NAMES:
-        chain = _FINGER_CHAINS[name]
+        chain = HAND_FINGER_CHAINS[name]
         radii = _FINGER_BONE_RADII["thumb" if name == "thumb" else "finger"]
         size = 0.85 if name == "little" else 1.0
         for k, (i, j) in enumerate(zip(chain[:-1], chain[1:])):
