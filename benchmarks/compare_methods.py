@@ -4,6 +4,7 @@ Runs :mod:`benchmarks.real_hand` once per method, one after the other in fresh p
 same budget, data overlay, data, threads and seed, and writes a Markdown table of the results:
 
 * ``scn``: SpatialConfiguration-Net, ``configs/train.json`` (+ the data overlay);
+* ``scn_fast``: the same with ``scn_variant = "fast"`` (stride-2 stem, 3 x 3 kernels; ``scripts.networks.scn``);
 * ``hourglass``: the stacked hourglass alone (intermediate supervision, MSE only): the overlay
   ``configs/adversarial.json`` with ``adversarial_alpha = adversarial_beta = 0`` (the
   discriminators are then neither run nor trained);
@@ -13,8 +14,8 @@ same budget, data overlay, data, threads and seed, and writes a Markdown table o
 * ``scn_adv``: the SCN (train.json's ``network_def``) as the generator of the adversarial engine
   (``--methods`` to include it).
 
-Every method selects its checkpoint on split ``valid`` and is evaluated on every split of
-``splits.csv`` other than ``train``. Outputs under ``--out``: one ``real_hand.py`` folder per method,
+Every method follows ``real_hand.py``'s protocol: the checkpoint is selected on a tuning subset carved
+from ``train`` and evaluated on every split of ``splits.csv`` other than ``train``, never selected on them. Outputs under ``--out``: one ``real_hand.py`` folder per method,
 ``comparison.json`` and ``comparison.md``.
 
 Example (20 minutes per method on one core, the other core free for other work)::
@@ -39,6 +40,7 @@ SCN_NETWORK_DEF = json.dumps(json.loads((ROOT / "configs" / "train.json").read_t
 #: name -> (label, method overlays merged after train.json and the data overlay, overrides KEY=JSON)
 METHODS = {
     "scn": ("SCN", [], []),
+    "scn_fast": ("SCN, fast variant", [], ['scn_variant="fast"']),
     "hourglass": ("Hourglass alone", [ADVERSARIAL], ["adversarial_alpha=0.0", "adversarial_beta=0.0"]),
     "hourglass_adv": ("Hourglass + pose & confidence discriminators", [ADVERSARIAL], []),
     "scn_adv": ("SCN + pose & confidence discriminators", [ADVERSARIAL], [f"network_def={SCN_NETWORK_DEF}"]),

@@ -70,7 +70,7 @@ HAND = REPO_ROOT / "configs" / "hand.json"
 META = REPO_ROOT / "configs" / "metadata.json"
 FORMATS = ("png", "dicom")
 MINIMAL_OUTPUTS = {"overlays": False, "label_images": False, "write_sr": False}
-WRITERS = ("write_overlay_png", "write_label_image", "write_landmarks_json", "write_markups_json", "write_landmark_sr")
+WRITERS = ("write_overlay", "write_label_image", "write_landmarks_json", "write_markups_json", "write_landmark_sr")
 
 
 def model_config(name: str) -> tuple[list[Path], dict]:

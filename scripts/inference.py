@@ -12,7 +12,7 @@ and written (:class:`scripts.writers.results.LandmarkResultWriter`) in a writer 
 fails is recorded in ``OUT/errors.csv`` with its stage and reason, and the others go on.
 
 Outputs below ``OUT``: ``landmarks.csv`` (one row per image), ``errors.csv``, and per input
-``a/b/img.dcm``: ``landmarks/a/b/img.dcm.json``, ``overlays/a/b/img.dcm.png``,
+``a/b/img.dcm``: ``landmarks/a/b/img.dcm.json``, ``overlays/a/b/img.dcm.jpg`` (``--overlay_format png``: ``.png``),
 ``labels/a/b/img.dcm.png`` (disc of value ``k + 1`` per landmark, the original image's size),
 ``markups/a/b/img.dcm.mrk.json`` (3D Slicer) and, for DICOM inputs, ``sr/a/b/img.dcm.sr.dcm``
 (DICOM SR); every output carries the provenance and, with ``measurements``, the measurements.
@@ -31,7 +31,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
@@ -99,7 +99,9 @@ class FolderInference(Evaluator):
     Args:
         dataset: a MONAI ``Dataset`` over the items of :func:`scan_image_folder` with the
             ``preprocessing`` as transform.
-        output_dir: output folder; must not be the input folder nor contain it.
+        writer: writes each image's outputs and the folder tables below its ``output_dir``
+            (:class:`~scripts.writers.results.LandmarkResultWriter`: which outputs, names, provenance,
+            measurements); ``output_dir`` must not be the input folder nor contain it.
         network: the eager network (``network_def``), used with ``ckpt_path``.
         inferer: called as ``inferer(inputs (B, C, H', W'), network)`` -> heatmaps ``(B, N, H', W')``; an
             inferer with ``uses_network = False`` (:class:`scripts.inferers.OnnxRuntimeInferer`) runs its
@@ -113,20 +115,8 @@ class FolderInference(Evaluator):
             checkpoint is an error before anything is written.
         dataset_dir: the input folder (used to refuse an output folder that contains it).
         skipped: relative paths of non-image files, listed in ``errors.csv`` as skipped.
-        landmark_names: the ``N`` names used in the CSV and JSON (default ``landmark_00`` ...).
-        label_format: ``"png"`` or ``"nii.gz"`` (or ``"nii"``).
-        overlay_max_size: longest side of the overlay PNG, pixels.
-        write_overlays, write_labels: switch these outputs off.
-        write_markups: write a 3D Slicer markups file per image (:mod:`scripts.writers.slicer_markups`).
-        write_sr: write a DICOM SR per DICOM input (:mod:`scripts.writers.dicom_sr`; needs ``highdicom``).
-        measurements: callable ``(points_px (N, 2), spacing or None) -> dict`` with ``columns()`` and
-            ``row(dict)`` (e.g. :class:`scripts.measurements.LowerLimbMeasurements`), or ``None``.
-        provenance: the run's :func:`scripts.provenance.provenance_record`, added to every output.
         memory_format: ``torch.memory_format`` of the network input (e.g. ``torch.channels_last``).
         progress: show a tqdm progress bar; ``None``: only when stderr is a terminal.
-        preview_key: sample key of the shrunk image the overlay is drawn from (written by
-            :class:`scripts.transforms.LoadLandmarkImaged`), so each file is decoded once; without it
-            the file is read again for the overlay.
         strict: fail the run (:class:`FolderInferenceError`) when any image failed, not only when all did.
         batch_size: images per forward pass.
         num_workers: ``DataLoader`` worker processes that read and preprocess (0: in the calling
@@ -137,7 +127,7 @@ class FolderInference(Evaluator):
     def __init__(
         self,
         dataset,
-        output_dir: PathLike,
+        writer: LandmarkResultWriter,
         network: torch.nn.Module,
         inferer,
         postprocessing,
@@ -147,18 +137,8 @@ class FolderInference(Evaluator):
         allow_random_weights: bool = False,
         dataset_dir: PathLike | None = None,
         skipped: Sequence[str] = (),
-        landmark_names: Sequence[str] | None = None,
-        label_format: str = "png",
-        overlay_max_size: int = 1024,
-        write_overlays: bool = True,
-        write_labels: bool = True,
-        write_markups: bool = True,
-        write_sr: bool = True,
-        measurements=None,
-        provenance: Mapping | None = None,
         memory_format: torch.memory_format = torch.contiguous_format,
         progress: bool | None = None,
-        preview_key: str | None = LandmarkKeys.IMAGE_PREVIEW.value,
         strict: bool = False,
         batch_size: int = 1,
         num_workers: int | str = 0,
@@ -174,7 +154,8 @@ class FolderInference(Evaluator):
             collate_fn=collate_as_list, prefetch_factor=2 if self.num_workers else None,
         )
         super().__init__(device=torch.device(device), val_data_loader=loader, decollate=False, mode="eval")
-        self.output_dir = Path(output_dir).expanduser().absolute()
+        self.writer = writer
+        self.output_dir = writer.output_dir
         self.network = network
         self.inferer = inferer
         self.postprocessing = postprocessing
@@ -184,10 +165,6 @@ class FolderInference(Evaluator):
         self.allow_random_weights = as_bool(allow_random_weights)
         self.dataset_dir = None if dataset_dir is None else Path(dataset_dir).expanduser().absolute()
         self.skipped = list(skipped)
-        self.writer = LandmarkResultWriter(
-            self.output_dir, landmark_names, label_format, overlay_max_size, as_bool(write_overlays),
-            as_bool(write_labels), as_bool(write_markups), as_bool(write_sr), measurements, provenance, preview_key,
-        )
         self.memory_format = memory_format
         self.progress = progress
         self.strict = as_bool(strict)  # a command line gives the string 'false'

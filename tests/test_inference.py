@@ -221,7 +221,7 @@ def test_mixed_folder_through_the_cli(tmp_path, checkpoint):
         assert hw == read_image(inp / rel).array.shape
         label = np.asarray(Image.open(output_path(out, "labels", rel, ".png")))
         assert label.shape == hw and label.dtype == np.uint8 and label.max() <= NUM_LANDMARKS
-        overlay = Image.open(output_path(out, "overlays", rel, ".png"))
+        overlay = Image.open(output_path(out, "overlays", rel, ".jpg"))
         assert overlay.mode == "RGB" and overlay.size == (hw[1], hw[0])
     for rel in failed:
         assert not output_path(out, "landmarks", rel, ".json").exists()
@@ -313,7 +313,7 @@ def test_large_16bit_png(tmp_path, checkpoint):
     assert summary["succeeded"] == ["long_leg.png"] and summary["failed"] == []
     assert peak < 500e6, f"numpy peak memory {peak / 1e6:.0f} MB"  # the float32 image alone is 82 MB
     assert Image.open(out / "labels" / "long_leg.png.png").size == (hw[1], hw[0])
-    assert max(Image.open(out / "overlays" / "long_leg.png.png").size) == 512
+    assert max(Image.open(out / "overlays" / "long_leg.png.jpg").size) == 512
 
 
 def test_missing_checkpoint_is_an_error_unless_allowed(tmp_path):

@@ -222,5 +222,5 @@ def test_trust_flags_and_named_errors_in_a_folder(tmp_path, monkeypatch):
     assert "pylibjpeg" in errors["jpegls.dcm"]["reason"]  # the bundle's hint, not only the library's words
     assert "PNG file is truncated" in errors["cut.png"]["reason"]
     assert "broken symbolic link" in errors["gone.dcm"]["reason"]
-    overlay = Image.open(output_path(out, "overlays", "dx.dcm", ".png"))
+    overlay = Image.open(output_path(out, "overlays", "dx.dcm", ".jpg"))
     assert overlay.size == (48, 64) and overlay.mode == "RGB"

@@ -1,4 +1,4 @@
-"""Tests of scripts.writers.images: the shrunk preview and the overlay PNG written and read back.
+"""Tests of scripts.writers.images: the shrunk preview and the overlay (JPEG or PNG) written and read back.
 
 (The overlay drawing itself is also exercised by tests/test_inference.py.)
 """
@@ -6,10 +6,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from scripts.coords import apply_matrix, resize_matrix
-from scripts.writers.images import downscale_image, render_overlay, write_overlay_png
+from scripts.writers.images import downscale_image, render_overlay, write_overlay
 
 
 def test_downscale_keeps_small_images_and_shrinks_large_ones_with_the_mean_kept():
@@ -22,19 +23,26 @@ def test_downscale_keeps_small_images_and_shrinks_large_ones_with_the_mean_kept(
     assert abs(float(shrunk.mean()) - float(large.mean())) < 0.5
 
 
-def test_overlay_png_from_a_preview_marks_original_pixel_points(tmp_path):
+@pytest.mark.parametrize("name, pillow_format", [("x.png", "PNG"), ("x.jpg", "JPEG"), ("x.JPEG", "JPEG")])
+def test_overlay_from_a_preview_marks_original_pixel_points(tmp_path, name, pillow_format):
     original_hw = (2000, 1000)
     image = np.zeros(original_hw, np.float32)
     preview = downscale_image(image, 400)
     points = np.array([[500.0, 1000.0]])
-    path = write_overlay_png(tmp_path / "o" / "x.png", preview, points, labels=["knee"], max_size=400, image_hw=original_hw)
-    with Image.open(path) as png:
-        assert png.mode == "RGB" and png.size == (200, 400)
-        pixels = np.asarray(png).astype(int)
+    path = write_overlay(tmp_path / "o" / name, preview, points, labels=["knee"], max_size=400, image_hw=original_hw)
+    with Image.open(path) as written:
+        assert written.format == pillow_format and written.mode == "RGB" and written.size == (200, 400)
+        pixels = np.asarray(written).astype(int)
     x, y = apply_matrix(points, resize_matrix(original_hw, (400, 200)))[0]
     assert pixels[int(y) - 4 : int(y) + 5, int(x) - 4 : int(x) + 5].max() > 100  # the marker on a black image
-    assert pixels[:20, :20].max() == 0
-    assert [p.name for p in (tmp_path / "o").iterdir()] == ["x.png"]
+    assert pixels[:20, :20].max() <= 2  # black far from the marker (JPEG: within its rounding)
+    assert [p.name for p in (tmp_path / "o").iterdir()] == [name]
+
+
+def test_overlay_with_an_unknown_suffix_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="overlay suffix"):
+        write_overlay(tmp_path / "x.gif", np.zeros((10, 10), np.float32), np.zeros((1, 2)))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_overlay_is_shrunk_and_marks_the_points():

@@ -35,6 +35,7 @@ def test_one_image_then_the_tables(tmp_path):
     paths = writer.paths("a/img.png", str(source))
     assert set(paths) == {"json", "overlay", "label", "markups"}  # no SR for a PNG
     assert all(p.is_file() for p in paths.values())
+    assert paths["overlay"].name == "img.png.jpg" and Image.open(paths["overlay"]).format == "JPEG"
     document = json.loads(paths["json"].read_text())
     assert document["provenance"]["model"] == "test" and document["landmarks"][0]["name"] == "tip"
     assert Image.open(paths["label"]).size == (30, 40) and np.asarray(Image.open(paths["label"]))[4, 3] == 1
@@ -45,6 +46,21 @@ def test_one_image_then_the_tables(tmp_path):
     assert "broken" in (tmp_path / "out" / "errors.csv").read_text()
     writer.remove("a/img.png", str(source))
     assert not any(p.exists() for p in paths.values())
+
+
+def test_png_overlays_and_a_failed_image_loses_the_overlay_of_either_format(tmp_path):
+    source = str(tmp_path / "img.png")
+    sample = {"image_preview": np.arange(1200, dtype=np.float32).reshape(40, 30), "pred": np.zeros((30, 40), np.uint8)}
+    LandmarkResultWriter(tmp_path / "out", write_labels=False).write(_result("img.png"), sample, source)
+    writer = LandmarkResultWriter(tmp_path / "out", overlay_format="png", write_labels=False)
+    writer.write(_result("img.png"), sample, source)
+    overlays = tmp_path / "out" / "overlays"
+    assert sorted(p.name for p in overlays.iterdir()) == ["img.png.jpg", "img.png.png"]
+    assert Image.open(overlays / "img.png.png").format == "PNG"
+    writer.remove("img.png", source)
+    assert list(overlays.iterdir()) == []
+    with pytest.raises(ValueError, match="overlay_format"):
+        LandmarkResultWriter(tmp_path, overlay_format="gif")
 
 
 def test_switched_off_outputs_and_bad_label_format(tmp_path):

@@ -2,7 +2,7 @@
 
 - :mod:`~scripts.writers.files`: atomic durable writes, safe output paths, generic CSV/JSON tables.
 - :mod:`~scripts.writers.landmarks`: :class:`LandmarkResult`, per-image JSON, the folder CSV, failed files.
-- :mod:`~scripts.writers.images`: overlay PNGs (and the shrunk preview they are drawn on).
+- :mod:`~scripts.writers.images`: overlay images (and the shrunk preview they are drawn on).
 - :mod:`~scripts.writers.label_image`: the landmark label image, written and read back (its one owner).
 - :mod:`~scripts.writers.slicer_markups`: 3D Slicer markups (``.mrk.json``) in the file's LPS frame.
 - :mod:`~scripts.writers.dicom_sr`: DICOM Comprehensive SR (highdicom, imported on first use).
@@ -30,7 +30,7 @@ from scripts.writers.files import (
     write_json,
     write_text,
 )
-from scripts.writers.images import downscale_image, render_overlay, write_overlay_png
+from scripts.writers.images import OVERLAY_FORMATS, downscale_image, render_overlay, write_overlay
 from scripts.writers.label_image import landmark_label_image, landmarks_from_label_image, write_label_image
 from scripts.writers.landmarks import (
     COORDINATE_CONVENTION,

@@ -12,8 +12,9 @@ UIDs, which other formats do not have). Content of the TID 1500 "Imaging Measure
   angles (deg), mechanical axis deviations (deg), leg lengths (mm) and leg-length difference (mm) of
   :mod:`scripts.measurements` (values that are unknown are left out);
 * provenance: an algorithm identification (name, bundle version, parameters: model file and
-  sha256, preprocessing grid, spacing source) on every group and measurement; the bundle version
-  also in ``SoftwareVersions``.
+  sha256, preprocessing grid, spacing source) on every group, which covers the measurements in it (once
+  per group, not repeated on each confidence: a third fewer content items to build and write); the
+  lower-limb measurements carry it too; the bundle version also in ``SoftwareVersions``.
 
 SCOORD coordinates follow DICOM (PS3.3 C.18.6.1.2): ``(column, row)`` with ``(0, 0)`` the top-left
 corner of the top-left pixel, so the centre of pixel ``(x, y)`` of :mod:`scripts.coords` is
@@ -192,8 +193,7 @@ def landmark_report(
                 tracking_identifier=tracking, referenced_region=region, finding_type=landmark,
                 algorithm_id=algorithm,
                 measurements=[hd.sr.Measurement(
-                    name=confidence_name, value=float(result.confidence[k]), unit=codes.UCUM.NoUnits,
-                    algorithm_id=algorithm)],
+                    name=confidence_name, value=float(result.confidence[k]), unit=codes.UCUM.NoUnits)],
             ))
         else:
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(

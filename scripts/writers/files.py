@@ -8,7 +8,7 @@ link inside the output folder.
 
 :func:`output_path` derives output names from the input's path relative to the input folder by
 mirroring it below a subfolder of the output folder (``a/b/img.dcm`` ->
-``OUT/overlays/a/b/img.dcm.png``): the whole input name is kept, so ``x.png`` and ``x.jpg`` never
+``OUT/overlays/a/b/img.dcm.jpg``): the whole input name is kept, so ``x.png`` and ``x.jpg`` never
 collide, and the result is checked to stay inside the output folder.
 """
 

@@ -1,4 +1,4 @@
-"""Overlay PNGs: the image, windowed to 8 bits, with numbered landmark markers.
+"""Overlay images (JPEG or PNG): the image, windowed to 8 bits, with numbered landmark markers.
 
 Points are ``(x, y)`` original pixels (:mod:`scripts.coords`); a shrunk image carries them with the
 pixel-centre convention.
@@ -6,6 +6,7 @@ pixel-centre convention.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +18,20 @@ import torch.nn.functional as F
 from scripts.coords import apply_matrix, resize_matrix
 from scripts.writers.files import PathLike, atomic_write
 
-__all__ = ["downscale_image", "render_overlay", "write_overlay_png"]
+__all__ = ["OVERLAY_FORMATS", "downscale_image", "render_overlay", "write_overlay"]
+
+#: overlay file formats (file suffix without the dot) and Pillow's save options for each: JPEG quality 90 without
+#: chroma subsampling (coloured markers stay sharp; about 5 ms for 1024 x 820 px against 60 ms for a level-1 PNG),
+#: or a lossless PNG at zlib level 1 (a third of level 6's time for a slightly larger file)
+OVERLAY_FORMATS = {"jpg": {"format": "JPEG", "quality": 90, "subsampling": 0}, "png": {"format": "PNG", "compress_level": 1}}
 
 
 def _to_8bit(image: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
-    """Window ``image`` ``(H, W)`` linearly between its ``lower``/``upper`` percentiles into uint8."""
-    low, high = np.percentile(image, (lower, upper))
+    """Window ``image`` ``(H, W)`` linearly between its ``lower``/``upper`` percentiles into uint8.
+
+    The percentiles are taken on every 2nd pixel of every 2nd row (a quarter of the sort, the same window
+    within the sampling error of a percentile)."""
+    low, high = np.percentile(image[::2, ::2], (lower, upper))
     if not high > low:
         low, high = float(image.min()), float(image.max())
     if not high > low:
@@ -40,6 +49,14 @@ def downscale_image(image: np.ndarray, max_size: int) -> np.ndarray:
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)[0, 0].numpy()
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int):
+    """Pillow's default (FreeType) font at ``size`` pixels, loaded once per size and process."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
 
 
 _COLOURS = [
@@ -69,7 +86,7 @@ def render_overlay(
     Returns:
         a ``PIL.Image.Image`` in mode ``"RGB"``.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     image = np.asarray(image)
     if image.ndim != 2:
@@ -83,7 +100,7 @@ def render_overlay(
     draw = ImageDraw.Draw(canvas)
     size = max(small.shape)
     radius = max(2.0, size / 250.0)
-    font = ImageFont.load_default(size=max(10, round(size / 70)))
+    font = _font(max(10, round(size / 70)))
     for k, (x, y) in enumerate(points):
         if not (math.isfinite(x) and math.isfinite(y)):
             continue
@@ -96,7 +113,7 @@ def render_overlay(
     return canvas
 
 
-def write_overlay_png(
+def write_overlay(
     path: PathLike,
     image: np.ndarray,
     points_px: np.ndarray,
@@ -104,7 +121,11 @@ def write_overlay_png(
     max_size: int = 1024,
     image_hw: Sequence[int] | None = None,
 ) -> Path:
-    """Render with :func:`render_overlay` and save as an 8-bit RGB PNG (atomically; zlib level 1: a third of
-    level 6's time for a slightly larger file)."""
+    """Render with :func:`render_overlay` and save it atomically, as JPEG or PNG by the suffix of ``path``
+    (``.jpg``/``.jpeg`` or ``.png``; see :data:`OVERLAY_FORMATS`)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    options = OVERLAY_FORMATS.get("jpg" if suffix == "jpeg" else suffix)
+    if options is None:
+        raise ValueError(f"{path}: overlay suffix must be one of {sorted(OVERLAY_FORMATS)}, got {suffix!r}.")
     overlay = render_overlay(image, points_px, labels, max_size, image_hw)
-    return atomic_write(path, lambda tmp: overlay.save(tmp, format="PNG", compress_level=1))
+    return atomic_write(path, lambda tmp: overlay.save(tmp, **options))

@@ -1,7 +1,7 @@
 """Every output of folder inference for one image, and the folder-level tables, under one output folder.
 
 For an input ``a/b/img.dcm`` below the input folder, :class:`LandmarkResultWriter` writes below ``OUT``:
-``landmarks/a/b/img.dcm.json``, ``overlays/a/b/img.dcm.png``, ``labels/a/b/img.dcm.png`` (or ``.nii.gz``),
+``landmarks/a/b/img.dcm.json``, ``overlays/a/b/img.dcm.jpg`` (or ``.png``), ``labels/a/b/img.dcm.png`` (or ``.nii.gz``),
 ``markups/a/b/img.dcm.mrk.json`` (3D Slicer) and, for DICOM inputs, ``sr/a/b/img.dcm.sr.dcm``; at the end
 of a run ``landmarks.csv`` (rebuilt from this run's JSON files) and ``errors.csv``. Every file is written
 atomically (:func:`scripts.writers.files.atomic_write`); nothing is written through a symbolic link
@@ -21,9 +21,10 @@ import numpy as np
 from scripts.data.image_reader import read_image
 from scripts.keys import LandmarkKeys
 from scripts.provenance import PROVENANCE_COLUMNS, provenance_cells
+from scripts.utils import as_bool
 from scripts.writers.dicom_sr import is_dicom, require_highdicom, write_landmark_sr
 from scripts.writers.files import output_path, remove_stale_temporaries
-from scripts.writers.images import write_overlay_png
+from scripts.writers.images import OVERLAY_FORMATS, write_overlay
 from scripts.writers.label_image import write_label_image
 from scripts.writers.landmarks import (
     LandmarkCsvWriter,
@@ -46,7 +47,8 @@ class LandmarkResultWriter:
         output_dir: the output folder ``OUT``.
         landmark_names: the ``N`` names used in the CSV and JSON (default ``landmark_00`` ...).
         label_format: ``"png"`` or ``"nii.gz"`` (or ``"nii"``).
-        overlay_max_size: longest side of the overlay PNG, pixels.
+        overlay_max_size: longest side of the overlay, pixels.
+        overlay_format: ``"jpg"`` (JPEG quality 90) or ``"png"`` (lossless, about 10 times slower to write).
         write_overlays, write_labels, write_markups, write_sr: switch these outputs on or off (the SR is
             written for DICOM inputs only and needs ``highdicom``).
         measurements: callable ``(points_px (N, 2), spacing or None) -> dict`` with ``columns()`` and
@@ -62,6 +64,7 @@ class LandmarkResultWriter:
         landmark_names: Sequence[str] | None = None,
         label_format: str = "png",
         overlay_max_size: int = 1024,
+        overlay_format: str = "jpg",
         write_overlays: bool = True,
         write_labels: bool = True,
         write_markups: bool = True,
@@ -75,9 +78,13 @@ class LandmarkResultWriter:
         self.output_dir = Path(output_dir).expanduser().absolute()
         self.landmark_names = None if landmark_names is None else [str(n) for n in landmark_names]
         self.label_suffix = "." + label_format
+        if overlay_format not in OVERLAY_FORMATS:
+            raise ValueError(f"overlay_format must be one of {sorted(OVERLAY_FORMATS)}, got {overlay_format!r}.")
         self.overlay_max_size = int(overlay_max_size)
-        self.write_overlays, self.write_labels = bool(write_overlays), bool(write_labels)
-        self.write_markups, self.write_sr = bool(write_markups), bool(write_sr)
+        self.overlay_suffix = "." + overlay_format
+        # a command line gives the strings 'true'/'false'
+        self.write_overlays, self.write_labels = as_bool(write_overlays), as_bool(write_labels)
+        self.write_markups, self.write_sr = as_bool(write_markups), as_bool(write_sr)
         self.measurements = measurements
         self.provenance = dict(provenance or {})
         self.preview_key = preview_key
@@ -91,7 +98,7 @@ class LandmarkResultWriter:
         """The output files of one image: ``{"json", "overlay", "label", "markups", "sr"}`` (those switched on)."""
         paths = {"json": output_path(self.output_dir, "landmarks", image_id, ".json")}
         if self.write_overlays:
-            paths["overlay"] = output_path(self.output_dir, "overlays", image_id, ".png")
+            paths["overlay"] = output_path(self.output_dir, "overlays", image_id, self.overlay_suffix)
         if self.write_labels:
             paths["label"] = output_path(self.output_dir, "labels", image_id, self.label_suffix)
         if self.write_markups:
@@ -103,7 +110,10 @@ class LandmarkResultWriter:
     def remove(self, image_id: str, source: str) -> None:
         """Remove the outputs of one image (a failed image keeps no result of an earlier run)."""
         with contextlib.suppress(Exception):
-            for path in self.paths(image_id, source).values():
+            paths = list(self.paths(image_id, source).values())
+            # an overlay of an earlier run in the other format goes too
+            paths += [output_path(self.output_dir, "overlays", image_id, "." + fmt) for fmt in OVERLAY_FORMATS]
+            for path in paths:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
 
@@ -132,8 +142,8 @@ class LandmarkResultWriter:
                 if preview.shape != result.image_hw:
                     raise ValueError(f"{source}: read as {preview.shape}, preprocessed as {result.image_hw}.")
             labels = [str(k) for k in range(result.num_landmarks)]
-            write_overlay_png(paths["overlay"], np.asarray(preview), result.points_px, labels, self.overlay_max_size,
-                              image_hw=result.image_hw)
+            write_overlay(paths["overlay"], np.asarray(preview), result.points_px, labels, self.overlay_max_size,
+                          image_hw=result.image_hw)
         if "label" in paths:
             label_xy = sample[LandmarkKeys.PRED]
             label = np.asarray(label_xy).T
