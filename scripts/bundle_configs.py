@@ -1,4 +1,5 @@
-"""Steps the bundle configs run in their ``initialize`` lists: the removed ``preset`` key and the demo data.
+"""Steps the bundle configs run in their ``initialize`` lists: the removed ``preset`` key, the learning-rate
+options and the demo data.
 
 ``configs/train.json`` and ``configs/inference.json`` hold the default model contract (the synthetic
 demo hand, 37 landmarks on a 128 x 128 grid); other data sets are overlays merged after them, e.g.::
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-__all__ = ["OVERLAYS", "reject_preset", "prepare_demo_dataset"]
+__all__ = ["OVERLAYS", "reject_preset", "check_lr_options", "prepare_demo_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,19 @@ def reject_preset(preset) -> None:
         f"--config_file \"['configs/train.json'{overlay}]\" (evaluate.json or multi_gpu_train.json go last; "
         f"inference: --config_file \"['configs/inference.json'{overlay}]\")."
     )
+
+
+def check_lr_options(lr_decay, lr_schedule) -> None:
+    """Raise a ``ValueError`` when two learning-rate schedules would both set the rate: ``--lr_decay true``
+    (``LinearLR`` per epoch) and an ``--lr_schedule`` other than ``none`` (per iteration, the default
+    ``cosine`` of ``configs/train.json``)."""
+    from scripts.utils import as_bool
+
+    if as_bool(lr_decay) and str(lr_schedule) != "none":
+        raise ValueError(
+            f"--lr_decay true and --lr_schedule {lr_schedule} would both set the learning rate: pass "
+            "--lr_schedule none with --lr_decay true, or drop --lr_decay (the schedule decays the rate itself)."
+        )
 
 
 def prepare_demo_dataset(dataset_dir, demo_dir, kind: str) -> str | None:

@@ -23,6 +23,7 @@ __all__ = [
     "run_bundle",
     "SMALL",
     "tiny_checkpoint",
+    "config_network",
     "blob_image",
     "centroid",
     "write_png16",
@@ -148,6 +149,15 @@ def run_bundle(run_id: str, config_files, values: dict, launcher: list[str] | No
 
 #: overrides giving a tiny SCN on a 32x32 grid, for fast tests of the configs
 SMALL = {"num_filters": 4, "network_def#sc_num_filters": 4, "spatial_size": [32, 32], "amp": False}
+
+
+def config_network(config_files=("configs/train.json",), **overrides) -> torch.nn.Module:
+    """The ``network_def`` that the bundle builds from ``config_files`` (merged left to right) and ``overrides``
+    (e.g. the variant and filters a test trained with), so a test loads a checkpoint into the same network."""
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / f) for f in config_files])
+    parser.update({"bundle_root": str(BUNDLE_ROOT), **overrides})
+    return parser.get_parsed_content("network_def")
 
 
 def tiny_checkpoint(path: Path) -> Path:

@@ -26,7 +26,7 @@ from scripts.checkpoints import load_checkpoint, rng_state, save_checkpoint, set
 from scripts.handlers import LastCheckpoint
 from scripts.checkpoints import load_weights
 from scripts.networks.scn import SpatialConfigurationNet
-from tests.helpers import BUNDLE_ROOT, run_bundle, training_values
+from tests.helpers import BUNDLE_ROOT, config_network, run_bundle, training_values
 
 TRAIN = "configs/train.json"
 GRID = {"spatial_size": [32, 32], "sigma": 1.5, "amp": False}
@@ -49,7 +49,7 @@ def _check_models_folder(models: Path, num_filters: int) -> None:
             continue
         state = load_checkpoint(path)
         if path.name == "model.pt":
-            SpatialConfigurationNet(num_landmarks=37, num_filters=num_filters).load_state_dict(state)
+            config_network(num_filters=num_filters).load_state_dict(state)
         else:
             assert {"network", "optimizer", "trainer", "best", "rng", "config"} <= set(state)
 
@@ -109,7 +109,7 @@ def test_sigkill_while_checkpoints_are_written_leaves_loadable_files(tiny_datase
             break
     assert hits >= 3, "the kills never came while a checkpoint was being written"
     # what is left resumes (LastCheckpoint's own loading, as --resume true does it)
-    net = SpatialConfigurationNet(num_landmarks=37, num_filters=num_filters)
+    net = config_network(num_filters=num_filters)
     engine = Engine(lambda e, b: None)
     engine.state.max_epochs = 2
     handler = LastCheckpoint(str(models / "last.ckpt"), {"network": net}, resume=True)
@@ -122,7 +122,7 @@ def test_resume_carries_best_metric_scheduler_and_optimizer(tiny_dataset, tmp_pa
     """Two epochs, then a resume to four: the LR schedule and Adam's step counts go on where they
     stopped, and a validation worse than the saved best does not replace model.pt."""
     lr, total = 1e-4, 4
-    values = _values(tiny_dataset, tmp_path, num_filters=8, learning_rate=lr, lr_decay=True,
+    values = _values(tiny_dataset, tmp_path, num_filters=8, learning_rate=lr, lr_decay=True, lr_schedule="none",
                      **{"lr_scheduler#total_iters": total})
     log = run_bundle("training", [TRAIN], {**values, "max_epochs": 2, "resume": True})
     assert "there is no checkpoint" in log and "starts from scratch" in log  # resume without a file says so

@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from scripts.data.synthetic import generate_demo_dataset
-from scripts.networks.scn import SpatialConfigurationNet
-from tests.helpers import run_bundle, training_values
+from tests.helpers import config_network, run_bundle, training_values
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = "configs/train.json"
@@ -32,7 +31,7 @@ def _train_values(dataset: Path, work: Path, **extra) -> dict:
 
 
 def _load_network(path: Path) -> torch.nn.Module:
-    net = SpatialConfigurationNet(num_landmarks=37, num_filters=8)
+    net = config_network(num_filters=TINY["num_filters"])
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return net.eval()
 
@@ -100,7 +99,7 @@ def test_lower_limb_overlay_trains_and_evaluates_in_mm(tmp_path):
     generate_demo_dataset(dataset, kind="lower_limb", num_train=2, num_valid=2, seed=1, image_hw=(700, 280))
     values = {**_train_values(dataset, tmp_path), "spatial_size": [128, 48]}
     run_bundle("training", [TRAIN, LOWER_LIMB], values)
-    net = SpatialConfigurationNet(num_landmarks=6, num_filters=8)
+    net = config_network((TRAIN, LOWER_LIMB), num_filters=8)
     net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True))
     eval_dir = tmp_path / "eval"
     run_bundle("run", [TRAIN, LOWER_LIMB, EVALUATE], {**values, "eval_dir": str(eval_dir), "radii_mm": [10.0, 20.0]})
