@@ -235,6 +235,16 @@ def test_removed_preset_names_the_overlay(preset, base, tmp_path, hand_data):
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []  # stopped before anything ran
 
 
+def test_linear_decay_beside_the_default_cosine_schedule_is_refused(tmp_path, hand_data):
+    overrides = dict(dataset_dir=str(hand_data), ckpt_dir=str(tmp_path), output_dir=str(tmp_path / "out"), lr_decay="true")
+    wf = workflow(configs("train.json"), "train", **overrides)
+    with pytest.raises(RuntimeError) as raised:
+        wf.initialize()
+    assert "--lr_schedule none with --lr_decay true" in str(raised.value.__cause__)
+    assert list(tmp_path.iterdir()) == []  # stopped before anything ran
+    workflow(configs("train.json"), "train", **overrides, lr_schedule="none").initialize()  # the way out works
+
+
 def test_old_adversarial_config_prints_the_overlay_command(tmp_path):
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train_adversarial.json",
                "--ckpt_dir", str(tmp_path)]
