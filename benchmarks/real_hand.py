@@ -81,7 +81,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--num-filters", type=int, default=64)
     p.add_argument("--sigma", type=float, default=None, help="heatmap sigma (network px); the overlay's if unset")
-    p.add_argument("--learning-rate", type=float, default=1e-4)
+    p.add_argument("--learning-rate", type=float, default=1e-4,
+                   help="Adam rate, replacing the config's (1e-4: the rate of the model card's method comparison and "
+                        "occlusion tables; hand.json's own recipe is 3e-4)")
     p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "linear", "none"),
                    help="schedule over the budget (none: constant learning rate)")
     p.add_argument("--val-interval", type=int, default=1, help="epochs between validations on the tuning subset")
