@@ -155,7 +155,6 @@ class FolderInference(Evaluator):
         )
         super().__init__(device=torch.device(device), val_data_loader=loader, decollate=False, mode="eval")
         self.writer = writer
-        self.output_dir = writer.output_dir
         self.network = network
         self.inferer = inferer
         self.postprocessing = postprocessing
@@ -173,6 +172,11 @@ class FolderInference(Evaluator):
         self._pending: deque = deque()
         self._outcomes: dict[int, tuple[str, str, tuple[str, str] | None]] = {}  # index -> (id, source, failure)
         self._bar = None
+
+    @property
+    def output_dir(self) -> Path:
+        """The output folder, the writer's."""
+        return self.writer.output_dir
 
     # -- set-up
 

@@ -162,13 +162,9 @@ def config_network(config_files=("configs/train.json",), **overrides) -> torch.n
 
 def tiny_checkpoint(path: Path) -> Path:
     """Save random weights of the config's ``network_def`` (with ``SMALL``) with non-trivial outputs."""
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE_ROOT / "configs" / "inference.json"))
-    for key, value in SMALL.items():
-        parser[key] = value
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        net = parser.get_parsed_content("network_def")
+        net = config_network(("configs/inference.json",), **SMALL)
         torch.nn.init.normal_(net.la_output.weight, std=0.05)
         torch.nn.init.normal_(net.sc_output.weight, std=0.05)
     torch.save(net.state_dict(), path)

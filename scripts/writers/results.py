@@ -110,8 +110,8 @@ class LandmarkResultWriter:
     def remove(self, image_id: str, source: str) -> None:
         """Remove the outputs of one image (a failed image keeps no result of an earlier run)."""
         with contextlib.suppress(Exception):
-            paths = list(self.paths(image_id, source).values())
-            # an overlay of an earlier run in the other format goes too
+            # the overlay in every format: an earlier run may have written the other one
+            paths = [path for key, path in self.paths(image_id, source).items() if key != "overlay"]
             paths += [output_path(self.output_dir, "overlays", image_id, "." + fmt) for fmt in OVERLAY_FORMATS]
             for path in paths:
                 with contextlib.suppress(FileNotFoundError):
