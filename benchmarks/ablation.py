@@ -3,7 +3,8 @@
 Every row is one ``benchmarks/real_hand.py`` run (honest protocol: selection on 10 tuning images
 carved from ``train``, report on ``valid``; ``--seeds`` seeds; ``--budget-minutes`` per seed). The
 decoding change needs no run of its own: every run evaluates its checkpoint with both decoders
-(``eval/valid`` parabola, ``eval/valid_gaussian_fit`` window Gaussian fit), so the table has both.
+(``eval/valid`` parabola, ``eval/valid_gaussian_fit`` window Gaussian fit), so the table has both; nor does
+test-time augmentation: ``benchmarks/eval_variants.py`` evaluates a finished row's checkpoints with and without it.
 
 Run each row alone on the machine (a run beside another job gets about half the iterations)::
 
@@ -34,8 +35,9 @@ ROWS = {
     "letterbox": ("+ aspect-preserving letterbox", "--lr-schedule none --override keep_aspect=true"),
     "learnable_sigma": ("+ learnable sigma (normalised targets + penalty)",
                         "--lr-schedule none --override learnable_sigma=true"),
+    "ema": ("+ EMA of the weights (decay 0.999) for selection and model.pt", "--lr-schedule none --override ema_decay=0.999"),
     "combined": ("all of the above", f"--lr-schedule cosine {FAST} --override keep_aspect=true "
-                 "--override learnable_sigma=true"),
+                 "--override learnable_sigma=true --override ema_decay=0.999"),
     "schedule_fast": ("cosine schedule + fast SCN (candidate default)", f"--lr-schedule cosine {FAST}"),
 }
 

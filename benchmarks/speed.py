@@ -581,7 +581,7 @@ def main(argv=None) -> dict:
     env["load_average_end"] = _load_average()
     print(f"\nload average at the end {_fmt(env['load_average_end'], '.2f')} on {os.cpu_count()} CPUs "
           "(other processes on the machine slow all variants; compare ratios, not absolute times)")
-    results = {"environment": env, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    results = {"environment": env, "args": {k: json.loads(json.dumps(v, default=str)) for k, v in vars(args).items()},
                "data_loading": data, "variants": summary}
     if args.json:
         out = Path(args.json)

@@ -5,6 +5,8 @@
 - :class:`BestModelCheckpoint`: ``models/model.pt`` (bare ``state_dict``) at every new best key metric.
 - :class:`LastCheckpoint`: the whole training state in ``models/last.ckpt`` every epoch, restored on resume.
 - :class:`BestMetricReport`: prints the best key metric when training completes.
+- :class:`WeightEMA`: an exponential moving average of the network's weights, which validation and
+  ``models/model.pt`` then use (``--ema_decay``; 0, the default, keeps the network itself).
 
 Checkpoint files go through :mod:`scripts.checkpoints` (atomic durable writes, ``weights_only`` loads).
 
@@ -34,6 +36,7 @@ from collections.abc import Mapping
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from scripts.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from scripts.utils import as_bool, distributed_rank, unwrap_module
@@ -47,6 +50,7 @@ __all__ = [
     "BestModelCheckpoint",
     "LastCheckpoint",
     "BestMetricReport",
+    "WeightEMA",
 ]
 
 #: ``engine.state`` attribute (saved with the trainer's ``state_dict``) holding :meth:`BudgetLrSchedule.state_dict`
@@ -403,3 +407,53 @@ class BestMetricReport:
         best, epoch = getattr(state, "best_metric", None), getattr(state, "best_metric_epoch", None)
         print(f"Best validation {self.name}: {best:.3f} at epoch {epoch}" if best is not None and best >= 0
               else f"No validation {self.name} was computed", flush=True)
+
+
+class WeightEMA:
+    """Exponential moving average of a network's weights, updated after every training iteration.
+
+    ``averaged = decay * averaged + (1 - decay) * weights`` (PyTorch's ``AveragedModel`` with
+    ``get_ema_multi_avg_fn``, buffers included); the first update copies the weights. Validation,
+    checkpoint selection and ``models/model.pt`` use :attr:`eval_network` (in ``configs/train.json`` it is the first
+    of ``train#handlers``, named ``ema``; ``validate#evaluator#network`` is ``$@ema.eval_network``); the optimizer keeps
+    stepping the network itself.
+    ``decay`` 0 switches it off: :attr:`eval_network` is then the network, nothing is copied or updated, and
+    :meth:`state_dict` is empty.
+
+    Args:
+        network: the trained network (a ``DistributedDataParallel`` wrapper is unwrapped).
+        decay: weight of the old average per iteration, in ``[0, 1)``; 0.999 averages over ~1000 iterations.
+    """
+
+    def __init__(self, network: torch.nn.Module, decay: float = 0.0) -> None:
+        self.decay = float(decay)
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 switches the average off), got {decay!r}.")
+        self.network = network
+        self.averaged = (AveragedModel(unwrap_module(network), multi_avg_fn=get_ema_multi_avg_fn(self.decay),
+                                       use_buffers=True) if self.decay > 0 else None)
+
+    @property
+    def enabled(self) -> bool:
+        return self.averaged is not None
+
+    @property
+    def eval_network(self) -> torch.nn.Module:
+        """The averaged network (the network itself when switched off). Not named ``module``: that would make
+        :func:`scripts.utils.unwrap_module` take this handler for a DDP wrapper."""
+        return self.averaged.module if self.enabled else self.network
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.update)
+
+    def update(self, engine: Engine | None = None) -> None:
+        with torch.no_grad():
+            self.averaged.update_parameters(unwrap_module(self.network))
+
+    def state_dict(self) -> dict:
+        return self.averaged.state_dict() if self.enabled else {}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if self.enabled:
+            self.averaged.load_state_dict(state)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.handlers import BudgetLrSchedule, schedule_factor
-from tests.helpers import run_bundle
+from scripts.handlers import BudgetLrSchedule, WeightEMA, schedule_factor
+from tests.helpers import run_bundle, training_values
 
 
 TINY = {"num_filters": 8, "spatial_size": [64, 64], "sigma": 1.5}
@@ -115,3 +115,42 @@ def test_max_minutes_ends_a_bundle_run_with_lr_near_zero(tiny_dataset, tmp_path)
     assert re.search(r"resumed the learning-rate schedule after 0\.[12] min", log), log[-2000:]
     done = state["trainer"]["iteration"]
     assert re.search(rf"time budget of 0\.1 min spent after {done + 1} iterations", log), log[-2000:]
+
+
+def test_weight_ema_averages_after_each_iteration_and_is_the_network_when_off():
+    net = torch.nn.Linear(1, 1, bias=False)
+    ema = WeightEMA(net, decay=0.75)
+    engine = Engine(lambda e, b: None)
+    ema.attach(engine)
+    values = iter([1.0, 2.0, 4.0])
+
+    @engine.on(Events.ITERATION_STARTED)
+    def step(_):
+        with torch.no_grad():
+            net.weight.fill_(next(values))
+
+    engine.run([0, 1, 2], max_epochs=1)
+    # first update copies (1); then 0.75 * 1 + 0.25 * 2 = 1.25; then 0.75 * 1.25 + 0.25 * 4 = 1.9375
+    assert ema.eval_network.weight.item() == pytest.approx(1.9375) and net.weight.item() == 4.0
+    restored = WeightEMA(torch.nn.Linear(1, 1, bias=False), decay=0.75)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.eval_network.weight.item() == pytest.approx(1.9375) and int(restored.averaged.n_averaged) == 3
+
+    off = WeightEMA(net, decay=0.0)
+    assert off.eval_network is net and off.state_dict() == {} and not off.enabled
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        WeightEMA(net, decay=1.0)
+
+
+def test_ema_weights_are_validated_saved_and_resumed_by_a_bundle_run(tiny_dataset, tmp_path):
+    values = training_values(tiny_dataset, tmp_path, **TINY, max_epochs=1, ema_decay=0.5, scn_variant="fast")
+    run_bundle("training", ["configs/train.json"], values)
+    best = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    state = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert int(state["ema"]["n_averaged"]) == 2
+    # model.pt (the only validation, so the best) holds the average, not the last weights
+    assert all(torch.equal(best[k], state["ema"]["module." + k]) for k in best)
+    assert any(not torch.equal(best[k], state["network"][k]) for k in best)
+    run_bundle("training", ["configs/train.json"], {**values, "max_epochs": 2, "resume": True})
+    state = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert int(state["ema"]["n_averaged"]) == 4  # continued, not restarted

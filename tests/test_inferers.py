@@ -20,7 +20,9 @@ from PIL import Image
 
 from scripts.heatmap import gaussian_heatmaps
 from scripts.checkpoints import load_weights
-from scripts.inferers import AutocastInferer, OnnxRuntimeInferer, export_onnx
+from scripts.heatmap import decode_heatmaps
+from scripts.inferers import (AffineTTAInferer, AutocastInferer, OnnxRuntimeInferer, _pixel_to_normalised, _warp,
+                              export_onnx, perturbation_matrix)
 from scripts.networks.scn import SpatialConfigurationNet
 from scripts.writers import output_path
 from tests.helpers import BUNDLE_ROOT, SMALL, tiny_checkpoint, write_dicom
@@ -58,6 +60,100 @@ def test_disabled_inferer_equals_the_plain_network():
     assert inferer.device_type == "cpu"
     with torch.no_grad():
         torch.testing.assert_close(inferer(x, net), net(x), atol=0, rtol=0)
+
+
+def _blob(point_xy, hw=(96, 128), sigma=3.0) -> torch.Tensor:
+    return gaussian_heatmaps(torch.tensor([point_xy], dtype=torch.float32), hw, sigma=sigma)[None]
+
+
+def test_perturbation_matrix_rotates_about_the_centre_then_shifts():
+    m = perturbation_matrix(90.0, 2.0, 1.0, -1.0, height=5, width=7)  # centre (3, 2)
+    centre = m @ torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    right = m @ torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(centre[:2], torch.tensor([4.0, 1.0], dtype=torch.float64))
+    # one px to the right of the centre goes 2 px up (y points down: counter-clockwise as displayed)
+    torch.testing.assert_close(right[:2], torch.tensor([4.0, -1.0], dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("pool", [1, 4])
+def test_tta_maps_every_pass_back_onto_the_unperturbed_grid(pool):
+    """An equivariant 'network' (the input itself, or pooled to a 1/4 grid): each pass's heatmap is warped
+    back, so the averaged peak stays where the landmark is, while one perturbed pass alone moves it."""
+    point = (70.3, 41.6)
+    image = _blob(point)
+    net = torch.nn.Identity() if pool == 1 else torch.nn.AvgPool2d(pool)
+    plain = AutocastInferer(enabled=False)
+    rotated = [(8.0, 1.06, 1.5, -2.0)]  # no identity pass: the result comes from the back-warp alone
+
+    def decoded(heatmaps):
+        xy = decode_heatmaps(heatmaps)[0][0, 0]
+        return (xy + 0.5) * pool - 0.5  # coarse grid -> input px (pixel centres at integers)
+
+    reference = decoded(plain(image, net))  # without TTA (the decoder's own bias on the 1/4 grid included)
+    assert torch.dist(reference, torch.tensor(point)) < 0.05 * pool
+    for perturbations in (rotated, [(0.0, 1.0, 0.0, 0.0), (-3.0, 0.96, 0.0, 0.0), (3.0, 1.04, -1.0, 1.0)]):
+        out = AffineTTAInferer(plain, perturbations)(image, net)
+        assert out.shape == (1, 1, 96 // pool, 128 // pool) and out.dtype == torch.float32
+        assert torch.dist(decoded(out), reference) < 0.06 * pool
+    # one pass without the way back lands elsewhere: the assertion above can fail
+    m = perturbation_matrix(*rotated[0], 96, 128)
+    moved = (m @ torch.tensor([*point, 1.0], dtype=torch.float64))[:2].float()
+    to_norm = _pixel_to_normalised(96, 128)
+    perturbed = _warp(image, torch.linalg.inv(to_norm @ m @ torch.linalg.inv(to_norm)), "border")
+    assert torch.dist(decoded(plain(perturbed, net)), moved) < 0.1 * pool
+    assert torch.dist(moved, torch.tensor(point)) > 3.0
+
+
+def test_tta_passes_the_network_to_the_wrapped_inferer_and_rejects_bad_perturbations():
+    seen = []
+
+    class Recording(AutocastInferer):
+        def __call__(self, inputs, network, *args, **kwargs):
+            seen.append(inputs.shape)
+            return super().__call__(inputs, network, *args, **kwargs)
+
+    AffineTTAInferer(Recording(enabled=False))(torch.zeros(2, 1, 16, 24), torch.nn.Identity())
+    assert seen == [(2, 1, 16, 24)] * 5  # the default: identity, two rotations, two scales
+    with pytest.raises(ValueError, match="angle_deg, scale, shift_x, shift_y"):
+        AffineTTAInferer(AutocastInferer(), [(1.0, 2.0)])
+    with pytest.raises(ValueError, match="non-empty"):
+        AffineTTAInferer(AutocastInferer(), [])
+
+
+class InputAsHeatmaps(torch.nn.Module):
+    """An equivariant stand-in for a landmark network: every heatmap is the input image, scaled to a peak of 100."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        peak = x.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+        return (100.0 * x / peak).expand(-1, NUM_LANDMARKS, -1, -1)
+
+
+def test_folder_inference_and_evaluation_configs_take_tta(tmp_path):
+    """``--tta true`` wraps the backend in configs/inference.json and the evaluator in configs/evaluate.json; a
+    folder run with it finds the same landmarks as without it for an equivariant network."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    blob = 60000.0 * np.exp(-(((np.mgrid[:80, :64][1] - 40.3) ** 2 + (np.mgrid[:80, :64][0] - 22.6) ** 2) / (2 * 6.0**2)))
+    Image.fromarray(blob.astype(np.uint16)).save(inp / "blob.png")
+    found = {}
+    for tta in (False, True):
+        wf = workflow(inp, tmp_path / f"out_{tta}", allow_random_weights=True, tta=tta)
+        assert isinstance(wf.evaluator.inferer, AffineTTAInferer) == tta
+        wf.evaluator.network = InputAsHeatmaps()
+        assert wf.evaluator.run()["succeeded"] == ["blob.png"]
+        document = json.loads((tmp_path / f"out_{tta}" / "landmarks" / "blob.png.json").read_text())
+        found[tta] = np.array([[lm["x"], lm["y"]] for lm in document["landmarks"]])
+    np.testing.assert_allclose(found[False], [[40.3, 22.6]] * NUM_LANDMARKS, atol=0.1)
+    np.testing.assert_allclose(found[True], found[False], atol=0.15)  # 0.06 px on the 32 x 32 grid, x2 / x2.5 here
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE_ROOT / "configs" / f) for f in ("train.json", "evaluate.json")])
+    parser.update({"bundle_root": str(BUNDLE_ROOT), **SMALL})
+    assert not isinstance(parser.get_parsed_content("validate#inferer"), AffineTTAInferer)
+    parser["tta"] = "true"  # as the command line gives it
+    parser.parse(True)
+    tta = parser.get_parsed_content("validate#inferer")
+    assert isinstance(tta, AffineTTAInferer) and isinstance(tta.inferer, AutocastInferer)
 
 
 NUM_LANDMARKS = 37
