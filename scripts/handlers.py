@@ -5,7 +5,7 @@
 - :class:`BestModelCheckpoint`: ``models/model.pt`` (bare ``state_dict``) at every new best key metric.
 - :class:`LastCheckpoint`: the whole training state in ``models/last.ckpt`` every epoch, restored on resume.
 - :class:`BestMetricReport`: prints the best key metric when training completes.
-- :class:`WeightEMA`: an exponential moving average of the network's weights, which validation and
+- :class:`WeightEMA` (attached by :class:`UpdateWeightEMA`): an exponential moving average of the weights, which validation and
   ``models/model.pt`` then use (``--ema_decay``; 0, the default, keeps the network itself).
 
 Checkpoint files go through :mod:`scripts.checkpoints` (atomic durable writes, ``weights_only`` loads).
@@ -51,6 +51,7 @@ __all__ = [
     "LastCheckpoint",
     "BestMetricReport",
     "WeightEMA",
+    "UpdateWeightEMA",
 ]
 
 #: ``engine.state`` attribute (saved with the trainer's ``state_dict``) holding :meth:`BudgetLrSchedule.state_dict`
@@ -414,9 +415,9 @@ class WeightEMA:
 
     ``averaged = decay * averaged + (1 - decay) * weights`` (PyTorch's ``AveragedModel`` with
     ``get_ema_multi_avg_fn``, buffers included); the first update copies the weights. Validation,
-    checkpoint selection and ``models/model.pt`` use :attr:`eval_network` (in ``configs/train.json`` it is the first
-    of ``train#handlers``, named ``ema``; ``validate#evaluator#network`` is ``$@ema.eval_network``); the optimizer keeps
-    stepping the network itself.
+    checkpoint selection and ``models/model.pt`` use :attr:`eval_network` (in ``configs/train.json``: the top-level
+    ``ema``, attached by an :class:`UpdateWeightEMA` entry of ``train#handlers``; ``validate#evaluator#network`` is
+    ``$@ema.eval_network``); the optimizer keeps stepping the network itself.
     ``decay`` 0 switches it off: :attr:`eval_network` is then the network, nothing is copied or updated, and
     :meth:`state_dict` is empty.
 
@@ -457,3 +458,18 @@ class WeightEMA:
     def load_state_dict(self, state: Mapping) -> None:
         if self.enabled:
             self.averaged.load_state_dict(state)
+
+
+class UpdateWeightEMA:
+    """The ``train#handlers`` entry that attaches a :class:`WeightEMA` defined elsewhere in the config.
+
+    The average is a top-level config object (``ema``) because the evaluator reads it; referring to it from a
+    list entry of its own keeps ``train#handlers`` a list of ``_target_`` dicts, which MONAI's property checks
+    read and MONAI Label inserts its ``CheckpointLoader`` into (so a list index cannot name the average).
+    """
+
+    def __init__(self, ema: WeightEMA) -> None:
+        self.ema = ema
+
+    def attach(self, engine: Engine) -> None:
+        self.ema.attach(engine)
