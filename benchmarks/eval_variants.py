@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
 import sys
 import time
@@ -31,9 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from monai.bundle import ConfigWorkflow  # noqa: E402
-
 import scripts.heatmap  # noqa: E402
+from benchmarks.real_hand import evaluate_checkpoint  # noqa: E402
 from scripts.utils import bf16_is_fast  # noqa: E402
 
 #: figures of an evaluation summary that the table shows
@@ -43,26 +41,12 @@ FIGURES = ("ipe_px256", "outliers_px256_10", "mean_nmm")
 def evaluate(run: dict, seed_dir: Path, split: str, decoder: str, tta: bool, amp: bool) -> dict:
     """Evaluate ``seed_dir/models/model.pt`` on ``split`` (``tune``: the tuning subset) with one variant."""
     name = f"{split}_{decoder}{'_tta' if tta else ''}{'_bf16' if amp else '_fp32'}"
-    overrides = {**run["overrides"], "ckpt_dir": str(seed_dir / "models"), "eval_dir": str(seed_dir / "variants" / name),
-                 "tta": tta, "amp": amp}
+    overrides = {**run["overrides"], "ckpt_dir": str(seed_dir / "models"), "split": split, "tta": tta, "amp": amp}
     if split == "tune":
         # the tuning subset as training carved it (val_datalist, with the run's tune_fraction)
-        overrides.update({"split": "tune", "validate#dataset#data": "@val_datalist"})
-    else:
-        overrides["split"] = split
-    default = scripts.heatmap.DEFAULT_DECODE_METHOD
-    scripts.heatmap.DEFAULT_DECODE_METHOD = decoder  # the evaluator decodes with the module default
+        overrides["validate#dataset#data"] = "@val_datalist"
     start = time.perf_counter()
-    try:
-        os.chdir(ROOT)
-        ev = ConfigWorkflow(config_file=run["config"] + [str(ROOT / "configs" / "evaluate.json")], workflow_type="eval",
-                            meta_file=str(ROOT / "configs" / "metadata.json"), **overrides)
-        ev.initialize()
-        ev.run()
-        ev.finalize()
-    finally:
-        scripts.heatmap.DEFAULT_DECODE_METHOD = default
-    summary = json.loads((seed_dir / "variants" / name / "summary.json").read_text())
+    summary = evaluate_checkpoint(run["config"], overrides, seed_dir / "variants" / name, decoder)
     return {"split": split, "decoder": decoder, "tta": tta, "amp": amp, "seconds": time.perf_counter() - start,
             "num_images": summary["num_images"], **{k: summary.get(k) for k in FIGURES}}
 

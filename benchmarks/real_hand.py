@@ -224,20 +224,8 @@ def run_seed(args, seed: int, out: Path) -> dict:
     for split in splits:
         for method in scripts.heatmap.DECODE_METHODS:
             name = split if method == scripts.heatmap.DEFAULT_DECODE_METHOD else f"{split}_{method}"
-            default = scripts.heatmap.DEFAULT_DECODE_METHOD
-            scripts.heatmap.DEFAULT_DECODE_METHOD = method  # the evaluator decodes with the module default
-            try:
-                ev = ConfigWorkflow(
-                    config_file=config_files(args, "configs/evaluate.json"),
-                    workflow_type="eval", meta_file=str(ROOT / "configs" / "metadata.json"),
-                    **{**overrides, "split": split, "eval_dir": str(out / "eval" / name)},
-                )
-                ev.initialize()
-                ev.run()
-                ev.finalize()
-            finally:
-                scripts.heatmap.DEFAULT_DECODE_METHOD = default
-            summaries[name] = json.loads((out / "eval" / name / "summary.json").read_text())
+            summaries[name] = evaluate_checkpoint(config_files(args), {**overrides, "split": split},
+                                                  out / "eval" / name, method)
 
     result = {"seed": seed, "config": config_files(args), "threads": torch.get_num_threads(), "num_tune": num_tune,
               "train_minutes": train_minutes, "wall_minutes_to_end_of_training": wall_minutes,
@@ -259,6 +247,23 @@ def run_seed(args, seed: int, out: Path) -> dict:
                      f"{100 * s['sdr_nmm_2']:.1f}/{100 * s['sdr_nmm_4']:.1f}/{100 * s['sdr_nmm_10']:.1f} %")
         print(line)
     return result
+
+
+def evaluate_checkpoint(configs: list[str], overrides: dict, eval_dir: Path, decoder: str) -> dict:
+    """Run ``configs`` + ``configs/evaluate.json`` with ``overrides`` (checkpoint, split, ...), decoding with
+    ``decoder``; the report goes to ``eval_dir`` and its ``summary.json`` is returned."""
+    default = scripts.heatmap.DEFAULT_DECODE_METHOD
+    scripts.heatmap.DEFAULT_DECODE_METHOD = decoder  # the evaluator decodes with the module default
+    try:
+        os.chdir(ROOT)  # the configs' bundle_root is "."
+        ev = ConfigWorkflow(config_file=[*configs, str(ROOT / "configs" / "evaluate.json")], workflow_type="eval",
+                            meta_file=str(ROOT / "configs" / "metadata.json"), **{**overrides, "eval_dir": str(eval_dir)})
+        ev.initialize()
+        ev.run()
+        ev.finalize()
+    finally:
+        scripts.heatmap.DEFAULT_DECODE_METHOD = default
+    return json.loads((Path(eval_dir) / "summary.json").read_text())
 
 
 def _write_curve(out: Path, curve: list[dict]) -> None:

@@ -22,6 +22,7 @@ top-left corner of the first pixel (:mod:`scripts.writers.dicom_sr`). A 3x3 homo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 
 __all__ = [
     "resize_matrix",
+    "centred_affine_matrix",
     "apply_matrix",
     "invert_matrix",
     "inside_image",
@@ -64,6 +66,19 @@ def resize_matrix(
         [[sx, 0.0, 0.5 * sx - 0.5 + off_x], [0.0, sy, 0.5 * sy - 0.5 + off_y], [0.0, 0.0, 1.0]],
         dtype=np.float64,
     )
+
+
+def centred_affine_matrix(hw: Sequence[int], angle_rad: float, scale: float, shift_xy: Sequence[float]) -> np.ndarray:
+    """Matrix (float64 ``(3, 3)``) of a rotation by ``angle_rad`` (from +x towards +y, i.e. clockwise as displayed
+    with y pointing down) and an isotropic ``scale`` about the centre ``((W-1)/2, (H-1)/2)`` of an image of
+    size ``hw`` ``(H, W)``, followed by a shift of ``shift_xy`` ``(dx, dy)`` px."""
+    h, w = float(hw[0]), float(hw[1])
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    cos, sin = math.cos(angle_rad) * scale, math.sin(angle_rad) * scale
+    to_origin = np.array([[1.0, 0.0, -cx], [0.0, 1.0, -cy], [0.0, 0.0, 1.0]])
+    back = np.array([[1.0, 0.0, cx + shift_xy[0]], [0.0, 1.0, cy + shift_xy[1]], [0.0, 0.0, 1.0]])
+    linear = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
+    return back @ linear @ to_origin
 
 
 def apply_matrix(points, matrix):

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from monai.inferers import Inferer
 
+from scripts.coords import centred_affine_matrix
+
 __all__ = ["AutocastInferer", "AffineTTAInferer", "DEFAULT_TTA_PERTURBATIONS", "OnnxRuntimeInferer", "export_onnx", "ONNX_EXPORT_COMMAND"]
 
 PathLike = str | os.PathLike
@@ -66,7 +68,8 @@ DEFAULT_TTA_PERTURBATIONS = (
 
 
 def _pixel_to_normalised(height: int, width: int) -> torch.Tensor:
-    """3x3 matrix from (x, y, 1) in pixels (centres at integers) to ``grid_sample``'s [-1, 1] (``align_corners=False``)."""
+    """3x3 matrix from (x, y, 1) in pixels (centres at integers) to ``grid_sample``'s [-1, 1] (``align_corners=False``):
+    the matrix form of ``scripts.transforms.utils.pixel_to_grid``, needed here to conjugate a map."""
     return torch.tensor([[2.0 / width, 0.0, 1.0 / width - 1.0],
                          [0.0, 2.0 / height, 1.0 / height - 1.0],
                          [0.0, 0.0, 1.0]], dtype=torch.float64)
@@ -78,15 +81,10 @@ def perturbation_matrix(angle_deg: float, scale: float, shift_x: float, shift_y:
     Rotation by ``angle_deg`` (counter-clockwise as displayed, y pointing down) and scaling about the
     grid centre, then a shift of ``(shift_x, shift_y)`` px.
     """
-    a = np.deg2rad(float(angle_deg))
-    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    c, s = float(scale) * np.cos(a), float(scale) * np.sin(a)
-    linear = torch.tensor([[c, s], [-s, c]], dtype=torch.float64)
-    centre = torch.tensor([cx, cy], dtype=torch.float64)
-    m = torch.eye(3, dtype=torch.float64)
-    m[:2, :2] = linear
-    m[:2, 2] = centre - linear @ centre + torch.tensor([float(shift_x), float(shift_y)], dtype=torch.float64)
-    return m
+    # scripts.coords turns from +x towards +y (clockwise as displayed): counter-clockwise is the negative angle
+    matrix = centred_affine_matrix((height, width), -np.deg2rad(float(angle_deg)), float(scale),
+                                   (float(shift_x), float(shift_y)))
+    return torch.from_numpy(matrix)
 
 
 def _warp(images: torch.Tensor, sample_from: torch.Tensor, padding_mode: str) -> torch.Tensor:

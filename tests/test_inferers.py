@@ -18,9 +18,8 @@ import torch
 from monai.bundle import ConfigParser
 from PIL import Image
 
-from scripts.heatmap import gaussian_heatmaps
 from scripts.checkpoints import load_weights
-from scripts.heatmap import decode_heatmaps
+from scripts.heatmap import decode_heatmaps, gaussian_heatmaps
 from scripts.inferers import (AffineTTAInferer, AutocastInferer, OnnxRuntimeInferer, _pixel_to_normalised, _warp,
                               export_onnx, perturbation_matrix)
 from scripts.networks.scn import SpatialConfigurationNet

@@ -10,7 +10,6 @@ mapping original pixels to the current network pixels.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -20,7 +19,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform, Transform
 from monai.utils import ensure_tuple
 
-from scripts.coords import apply_matrix, resize_matrix
+from scripts.coords import apply_matrix, centred_affine_matrix, resize_matrix
 from scripts.keys import LandmarkKeys
 from scripts.transforms.utils import (
     check_image,
@@ -211,10 +210,7 @@ class RandLandmarkAffineElastic(RandomizableTransform):
         g = self.elastic_grid
         m = self.elastic_magnitude
         control = self.R.uniform(-m, m, size=(2, g, g)) if m > 0 else None
-        centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0])
-        cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
-        linear = np.array([[cos, -sin, 0.0], [sin, cos, 0.0], [0.0, 0.0, 1.0]])
-        self.affine = translation_matrix(*(centre + shift)) @ linear @ translation_matrix(*(-centre))
+        self.affine = centred_affine_matrix((h, w), angle, scale, shift)
         self.control = control
         self.spatial_hw = (h, w)
         self._grid = self._field = None
