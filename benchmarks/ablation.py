@@ -11,6 +11,7 @@ Run each row alone on the machine (a run beside another job gets about half the 
     python benchmarks/ablation.py                       # prints the commands (and the table of finished rows)
     python benchmarks/ablation.py --run baseline        # runs one row (then the next, in any order or session)
     python benchmarks/ablation.py --table               # markdown table of the rows found under --out
+    python benchmarks/ablation.py --collect ROW A/summary.json B/summary.json   # seeds run one at a time
 
 A row's results are ``<out>/<row>/summary.json``; a missing row shows "not run".
 """
@@ -26,27 +27,69 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FAST = "--override 'scn_variant=\"fast\"'"
-#: row name -> (what changes, real_hand.py arguments besides the shared ones)
+#: the baseline: the recipe before issue #9. Every row states all of these settings, so that a default changed in
+#: an overlay (hand.json) does not change a row; every row trains at the overlay's learning rate (hand.json: 3e-4).
+BASELINE = {"lr_schedule": "none", "scn_variant": "paper", "keep_aspect": False, "learnable_sigma": False,
+            "ema_decay": 0.0}
+#: row name -> (what changes, the settings it changes from :data:`BASELINE`)
 ROWS = {
-    "baseline": ("previous recipe: paper SCN, stretched 256x256, constant lr, fixed sigma", "--lr-schedule none"),
-    "schedule": ("+ warm-up + cosine lr over the time budget", "--lr-schedule cosine"),
-    "fast_scn": ("+ fast SCN (stride-2 stem, 3x3, SC at 1/8)", f"--lr-schedule none {FAST}"),
-    "letterbox": ("+ aspect-preserving letterbox", "--lr-schedule none --override keep_aspect=true"),
-    "learnable_sigma": ("+ learnable sigma (normalised targets + penalty)",
-                        "--lr-schedule none --override learnable_sigma=true"),
-    "ema": ("+ EMA of the weights (decay 0.999) for selection and model.pt", "--lr-schedule none --override ema_decay=0.999"),
-    "combined": ("all of the above", f"--lr-schedule cosine {FAST} --override keep_aspect=true "
-                 "--override learnable_sigma=true --override ema_decay=0.999"),
-    "schedule_fast": ("cosine schedule + fast SCN (candidate default)", f"--lr-schedule cosine {FAST}"),
+    "baseline": ("previous recipe: paper SCN, stretched 256x256, constant lr, fixed sigma, no weight average", {}),
+    "schedule": ("+ warm-up + cosine lr over the time budget", {"lr_schedule": "cosine"}),
+    "fast_scn": ("+ fast SCN (stride-2 stem, 3x3, SC at 1/8)", {"scn_variant": "fast"}),
+    "letterbox": ("+ aspect-preserving letterbox", {"keep_aspect": True}),
+    "learnable_sigma": ("+ learnable sigma (normalised targets + penalty)", {"learnable_sigma": True}),
+    "ema": ("+ EMA of the weights (decay 0.999) for selection and model.pt", {"ema_decay": 0.999}),
+    "schedule_fast": ("cosine schedule + fast SCN", {"lr_schedule": "cosine", "scn_variant": "fast"}),
+    "schedule_fast_ema": ("cosine schedule + fast SCN + EMA (the hand.json default)",
+                          {"lr_schedule": "cosine", "scn_variant": "fast", "ema_decay": 0.999}),
+    "combined": ("all of the above", {"lr_schedule": "cosine", "scn_variant": "fast", "keep_aspect": True,
+                                      "learnable_sigma": True, "ema_decay": 0.999}),
 }
 
 
+def row_arguments(row: str) -> str:
+    """The ``real_hand.py`` arguments that set every :data:`BASELINE` setting as ``row`` has it."""
+    settings = {**BASELINE, **ROWS[row][1]}
+    words = ["--lr-schedule", settings.pop("lr_schedule")]
+    for key, value in settings.items():
+        words += ["--override", f"{key}={json.dumps(value)}"]
+    return shlex.join(words)
+
+
 def command(row: str, args) -> str:
-    extra = ROWS[row][1]
+    extra = row_arguments(row)
     return (f"python benchmarks/real_hand.py --dataset_dir {shlex.quote(args.dataset_dir)} "
             f"--budget-minutes {args.budget_minutes:g} --seeds {args.seeds} {extra} "
             f"--out {shlex.quote(str(Path(args.out) / row))}")
+
+
+def row_recipe(row: str, args) -> dict:
+    """The training recipe (``real_hand.recipe``) that ``row``'s command trains."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import real_hand
+
+    argv = shlex.split(command(row, args))[2:]  # after "python benchmarks/real_hand.py"
+    row_args = real_hand.parse_args(argv)
+    overrides = real_hand.training_overrides(row_args, 0, Path(args.out) / row / "seed0")
+    return real_hand.recipe(real_hand.config_files(row_args), overrides)
+
+
+def collect(row: str, summary_files: list[str], args) -> Path:
+    """Merge single-seed ``real_hand.py`` summaries into ``<out>/<row>/summary.json``, after checking that every
+    run trained ``row``'s recipe (same budget, rate, variant, ...), so seeds run in different sessions make one row."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import real_hand
+
+    merged = real_hand.merge_summaries([json.loads(Path(f).read_text()) for f in summary_files])
+    expected = row_recipe(row, args)
+    changed = {k: (expected[k], merged["recipe"][k]) for k in expected if merged["recipe"][k] != expected[k]}
+    if changed:
+        raise SystemExit(f"the runs are not row {row!r} at --budget-minutes {args.budget_minutes:g} "
+                         f"(row -> runs): {changed}")
+    target = Path(args.out) / row / "summary.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(merged, indent=2))
+    return target
 
 
 def table(args) -> str:
@@ -78,7 +121,16 @@ def main(argv=None) -> None:
     p.add_argument("--run", choices=sorted(ROWS), help="run this row now (alone on the machine)")
     p.add_argument("--table", action="store_true", help="print only the markdown table")
     p.add_argument("--extra", default="", help="extra real_hand.py arguments for --run (e.g. a tiny dry run)")
+    p.add_argument("--collect", nargs="+", metavar=("ROW", "SUMMARY"),
+                   help="merge the real_hand.py summary.json files of one row's seeds (run separately) into the row")
     args = p.parse_args(argv)
+    if args.collect:
+        row, files = args.collect[0], args.collect[1:]
+        if row not in ROWS or not files:
+            p.error(f"--collect takes a row ({', '.join(ROWS)}) and one or more summary.json files")
+        print(f"wrote {collect(row, files, args)}")
+        print(table(args))
+        return
     if args.run:
         cmd = command(args.run, args) + (" " + args.extra if args.extra else "")
         print(cmd, flush=True)

@@ -282,7 +282,8 @@ def measure(per_point_csv: Path, groups: dict, occluded: dict[str, list[int]] | 
 def train(method: str, seed: int, dataset_dir: Path, overlay: str, budget: float, out: Path, args) -> Path:
     """Train ``method`` with ``real_hand.py`` (one seed, checkpoint selected on its tuning subset carved
     from ``train``) at a wall-clock budget; return the seed's folder (``models/model.pt``, ``result.json``)."""
-    cmd = real_hand_command(method, dataset_dir, budget, overlay, out, seed, args.threads, args.override)
+    cmd = real_hand_command(method, dataset_dir, budget, overlay, out, seed, args.threads, args.override,
+                            args.learning_rate)
     cmd += args.real_hand_arg
     print(f"\n=== train {method} seed {seed}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -410,6 +411,8 @@ def parse_args(argv=None):
     p.add_argument("--methods", default="scn,hourglass,hourglass_adv", help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (set_determinism of every training)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of every training")
+    p.add_argument("--learning-rate", type=float, default=1e-4,
+                   help="Adam rate of every training (1e-4: the rate of the model card's occlusion table)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON", help="passed to every training")
     p.add_argument("--real-hand-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for benchmarks/real_hand.py (repeat for several)")

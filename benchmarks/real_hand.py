@@ -30,7 +30,7 @@ and ``--out``/``summary.json`` with every seed and the mean / SD / min / max ove
 
 Example (the lead's 60-minute run, 2 seeds, alone on the machine)::
 
-    python benchmarks/real_hand.py --dataset_dir ../shared/data/hand-ipilab --budget-minutes 60 --seeds 0,1 --learning-rate 0.0003 --out bench_out/hand60
+    python benchmarks/real_hand.py --dataset_dir ../shared/data/hand-ipilab --budget-minutes 60 --seeds 0,1 --out bench_out/hand60
 
 ``benchmarks/ablation.py`` prints the command of every ablation row.
 """
@@ -81,9 +81,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--num-filters", type=int, default=64)
     p.add_argument("--sigma", type=float, default=None, help="heatmap sigma (network px); the overlay's if unset")
-    p.add_argument("--learning-rate", type=float, default=1e-4,
-                   help="Adam rate, replacing the config's (1e-4: the rate of the model card's method comparison and "
-                        "occlusion tables; hand.json's own recipe is 3e-4)")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="Adam rate, replacing the config's (unset: the overlays' own, 3e-4 for hand.json)")
     p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "linear", "none"),
                    help="schedule over the budget (none: constant learning rate)")
     p.add_argument("--val-interval", type=int, default=1, help="epochs between validations on the tuning subset")
@@ -127,6 +126,43 @@ def main(argv=None) -> dict:
     return summary
 
 
+#: config keys that make up a training recipe: runs merged into one summary must agree on all of them
+RECIPE_KEYS = ("scn_variant", "spatial_size", "keep_aspect", "sigma", "learnable_sigma", "num_filters", "batch_size",
+               "learning_rate", "lr_schedule", "warmup_fraction", "max_minutes", "tune_fraction", "ema_decay",
+               "grad_clip_norm")
+
+
+def recipe(config_files: list[str], overrides: dict) -> dict:
+    """The :data:`RECIPE_KEYS` values that ``config_files`` (names looked up in this bundle's ``configs/``) with
+    ``overrides`` resolve to."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "configs" / Path(f).name) for f in config_files])
+    for key, value in overrides.items():
+        parser[key] = value
+    return {key: parser.get_parsed_content(key) for key in RECIPE_KEYS}
+
+
+def merge_summaries(summaries: list[dict]) -> dict:
+    """One summary of the seeds of several ``summary.json`` files, e.g. one seed per run in different sessions.
+
+    Raises ``ValueError`` when their runs differ in the training recipe (:func:`recipe`) or repeat a seed."""
+    runs = sorted((run for s in summaries for run in s["runs"]), key=lambda r: r["seed"])
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the summaries repeat a seed: {seeds}")
+    # a run records its recipe; for older runs it is resolved from today's configs and the run's overrides
+    recipes = [r.get("recipe") or recipe(r["config"], r["overrides"]) for r in runs]
+    for run, other in zip(runs[1:], recipes[1:]):
+        changed = {k: (recipes[0][k], other[k]) for k in RECIPE_KEYS if other[k] != recipes[0][k]}
+        if changed:
+            raise ValueError(f"seed {run['seed']} has another recipe than seed {seeds[0]}: {changed}")
+    first = summaries[0]
+    return {"config": first["config"], "budget_minutes": first["budget_minutes"], "tune_fraction": first["tune_fraction"],
+            "seeds": seeds, "runs": runs, "over_seeds": aggregate(runs), "recipe": recipes[0]}
+
+
 def aggregate(runs: list[dict]) -> dict:
     """Mean, SD (0 for one seed), min and max over seeds of :data:`FIGURES` per evaluated split."""
     result: dict = {}
@@ -141,15 +177,13 @@ def aggregate(runs: list[dict]) -> dict:
     return result
 
 
-def run_seed(args, seed: int, out: Path) -> dict:
-    script_start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+def training_overrides(args, seed: int, out: Path) -> dict:
+    """The config overrides of one seed's training run (``--override`` items last, so they win)."""
     overrides = {
         "dataset_dir": str(Path(args.dataset_dir).resolve()),
         "ckpt_dir": str(out / "models"),
         "output_dir": str(out / "runs"),
         "num_filters": args.num_filters,
-        "learning_rate": args.learning_rate,
         "max_epochs": 100000,
         "val_interval": args.val_interval,
         "tune_fraction": args.tune_fraction,
@@ -159,9 +193,18 @@ def run_seed(args, seed: int, out: Path) -> dict:
     }
     if args.sigma is not None:
         overrides["sigma"] = args.sigma
+    if args.learning_rate is not None:
+        overrides["learning_rate"] = args.learning_rate
     for item in args.override:
         key, _, value = item.partition("=")
         overrides[key] = json.loads(value)
+    return overrides
+
+
+def run_seed(args, seed: int, out: Path) -> dict:
+    script_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = training_overrides(args, seed, out)
 
     os.chdir(ROOT)  # the configs' bundle_root is "."
     train = ConfigWorkflow(config_file=config_files(args), workflow_type="train",
@@ -231,7 +274,8 @@ def run_seed(args, seed: int, out: Path) -> dict:
               "train_minutes": train_minutes, "wall_minutes_to_end_of_training": wall_minutes,
               "ended_by_budget_schedule": bool(attached and schedule.ended_by_budget),
               "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,
-              "overrides": overrides, "budgets": budgets, "splits": summaries}
+              "overrides": overrides, "recipe": {key: train.parser.get_parsed_content(key) for key in RECIPE_KEYS},
+              "budgets": budgets, "splits": summaries}
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(f"\nseed {seed}: trained {train_minutes:.1f} min ({wall_minutes:.1f} min wall clock with setup), "
           f"{trainer.state.epoch} epochs, {trainer.state.iteration} iterations; selection on {num_tune} tuning images")

@@ -7,6 +7,8 @@
 - :class:`BestMetricReport`: prints the best key metric when training completes.
 - :class:`WeightEMA` (attached by :class:`UpdateWeightEMA`): an exponential moving average of the weights, which validation and
   ``models/model.pt`` then use (``--ema_decay``; 0, the default, keeps the network itself).
+- :class:`GradientNormClip`: clips the network's gradient norm before each optimizer step (``--grad_clip_norm``;
+  0, the default, leaves the gradients alone).
 
 Checkpoint files go through :mod:`scripts.checkpoints` (atomic durable writes, ``weights_only`` loads).
 
@@ -35,6 +37,7 @@ from collections.abc import Mapping
 
 import torch
 from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
 from ignite.handlers import Checkpoint
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -52,6 +55,7 @@ __all__ = [
     "BestMetricReport",
     "WeightEMA",
     "UpdateWeightEMA",
+    "GradientNormClip",
 ]
 
 #: ``engine.state`` attribute (saved with the trainer's ``state_dict``) holding :meth:`BudgetLrSchedule.state_dict`
@@ -473,3 +477,50 @@ class UpdateWeightEMA:
 
     def attach(self, engine: Engine) -> None:
         self.ema.attach(engine)
+
+
+class GradientNormClip:
+    """Scale the network's gradients down to a total L2 norm of at most ``max_norm`` before each optimizer step.
+
+    Runs on MONAI's ``IterationEvents.BACKWARD_COMPLETED``, which :class:`monai.engines.SupervisedTrainer` and the
+    generator step of :class:`scripts.engines.AdversarialLandmarkTrainer` fire between ``backward()`` and
+    ``optimizer.step()`` (``torch.nn.utils.clip_grad_norm_``). With batch size 1 one hard sample can give a gradient
+    far above the usual; Adam's slow second moment then turns it into a step of many times the learning rate in
+    every weight at once. At each epoch end it logs how many steps were clipped and the largest norm seen, the
+    figures from which to choose ``max_norm``.
+
+    Args:
+        network: the trained network (a ``DistributedDataParallel`` wrapper's gradients are the module's).
+        max_norm: the largest total gradient norm let through; 0 switches clipping off (nothing is attached).
+    """
+
+    def __init__(self, network: torch.nn.Module, max_norm: float = 0.0) -> None:
+        self.max_norm = float(max_norm)
+        if not (math.isfinite(self.max_norm) and self.max_norm >= 0.0):
+            raise ValueError(f"grad_clip_norm must be a finite number >= 0 (0 switches clipping off), got {max_norm!r}.")
+        self.network = network
+        self.num_clipped = 0
+        self.max_seen = 0.0
+        self.logger = logging.getLogger(self.__class__.__name__)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_norm > 0.0
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
+
+    def __call__(self, engine: Engine | None = None) -> float:
+        norm = float(torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.max_norm))
+        self.max_seen = max(self.max_seen, norm)
+        self.num_clipped += int(norm > self.max_norm)
+        return norm
+
+    def log_epoch(self, engine: Engine) -> None:
+        if distributed_rank() == 0:
+            self.logger.info(f"epoch {engine.state.epoch}: gradient norm clipped to {self.max_norm:g} in "
+                             f"{self.num_clipped} of {engine.state.epoch_length} steps (largest {self.max_seen:.3g})")
+        self.num_clipped, self.max_seen = 0, 0.0

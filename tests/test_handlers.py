@@ -10,7 +10,9 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.handlers import BudgetLrSchedule, WeightEMA, schedule_factor
+from monai.engines import SupervisedTrainer
+
+from scripts.handlers import BudgetLrSchedule, GradientNormClip, WeightEMA, schedule_factor
 from tests.helpers import run_bundle, training_values
 
 
@@ -154,3 +156,40 @@ def test_ema_weights_are_validated_saved_and_resumed_by_a_bundle_run(tiny_datase
     run_bundle("training", ["configs/train.json"], {**values, "max_epochs": 2, "resume": True})
     state = torch.load(tmp_path / "models" / "last.ckpt", map_location="cpu", weights_only=True)
     assert int(state["ema"]["n_averaged"]) == 4  # continued, not restarted
+
+
+def _one_sgd_step(max_norm: float) -> tuple[float, float, GradientNormClip]:
+    """One step of a real MONAI trainer (SGD, lr 1) on a sample with a large loss: the raw gradient norm and
+    the norm of the weight change."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 1)
+    before = torch.cat([p.detach().flatten().clone() for p in net.parameters()])
+    data = [{"image": torch.full((1, 4), 10.0), "label": torch.full((1, 1), -100.0)}]
+    raw = torch.autograd.grad(torch.nn.functional.mse_loss(net(data[0]["image"]), data[0]["label"]),
+                              list(net.parameters()))
+    clip = GradientNormClip(net, max_norm=max_norm)
+    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
+                                optimizer=torch.optim.SGD(net.parameters(), lr=1.0),
+                                loss_function=torch.nn.MSELoss(), train_handlers=[clip])
+    trainer.run()
+    after = torch.cat([p.detach().flatten() for p in net.parameters()])
+    return float(torch.cat([g.flatten() for g in raw]).norm()), float((after - before).norm()), clip
+
+
+def test_gradient_norm_clip_bounds_the_step_of_a_monai_trainer():
+    raw_norm, step, clip = _one_sgd_step(max_norm=0.5)
+    assert raw_norm > 100.0
+    assert step == pytest.approx(0.5, rel=1e-4)  # SGD at lr 1: the step is the clipped gradient
+    assert clip.num_clipped == 0 and clip.max_seen == 0.0  # reset at the epoch end, after logging
+    raw_off, step_off, off = _one_sgd_step(max_norm=0.0)
+    assert not off.enabled and step_off == pytest.approx(raw_off, rel=1e-4)  # off: the raw gradient
+    with pytest.raises(ValueError, match="grad_clip_norm must be a finite number >= 0"):
+        GradientNormClip(torch.nn.Linear(1, 1), max_norm=-1.0)
+
+
+def test_grad_clip_norm_clips_a_bundle_training_run(tiny_dataset, tmp_path):
+    values = training_values(tiny_dataset, tmp_path, **TINY, max_epochs=1, grad_clip_norm=1e-9, scn_variant="fast")
+    log = run_bundle("training", ["configs/train.json"], values)
+    found = re.search(r"epoch 1: gradient norm clipped to 1e-09 in (\d+) of (\d+) steps \(largest ([0-9.e+-]+)\)", log)
+    assert found, log[-2000:]
+    assert int(found.group(1)) == int(found.group(2)) > 0 and float(found.group(3)) > 1e-9

@@ -1,0 +1,100 @@
+"""The ablation rows and the method comparison build real_hand.py command lines that its parser accepts, each
+ablation row differs from the baseline in exactly the settings its description names, and the seeds of a row run
+one at a time are merged into the row only when they trained its recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from benchmarks import ablation, real_hand
+from benchmarks.compare_methods import real_hand_command
+
+#: the recipe settings an ablation row may change, and the rows that change each
+ROW_SETTINGS = ("scn_variant", "lr_schedule", "keep_aspect", "learnable_sigma", "ema_decay")
+CHANGED = {
+    "baseline": set(),
+    "schedule": {"lr_schedule"},
+    "fast_scn": {"scn_variant"},
+    "letterbox": {"keep_aspect"},
+    "learnable_sigma": {"learnable_sigma"},
+    "ema": {"ema_decay"},
+    "schedule_fast": {"lr_schedule", "scn_variant"},
+    "schedule_fast_ema": {"lr_schedule", "scn_variant", "ema_decay"},
+    "combined": set(ROW_SETTINGS),
+}
+
+
+def _command_recipe(argv: list[str], tmp_path) -> dict:
+    """The recipe real_hand.py trains with ``argv`` (its arguments after the script)."""
+    args = real_hand.parse_args(argv)
+    return real_hand.recipe(real_hand.config_files(args), real_hand.training_overrides(args, 0, tmp_path))
+
+
+def test_every_ablation_row_is_listed():
+    assert set(ablation.ROWS) == set(CHANGED)
+
+
+@pytest.mark.parametrize("row", sorted(CHANGED))
+def test_ablation_row_changes_only_what_it_names(row, tmp_path):
+    args = _ablation_args(tmp_path)
+    assert shlex.split(ablation.command(row, args))[:2] == ["python", "benchmarks/real_hand.py"]
+    baseline, config = ablation.row_recipe("baseline", args), ablation.row_recipe(row, args)
+    assert baseline["scn_variant"] == "paper" and baseline["lr_schedule"] == "none"
+    assert baseline["ema_decay"] == 0.0 and not baseline["keep_aspect"] and not baseline["learnable_sigma"]
+    changed = {key for key in real_hand.RECIPE_KEYS if config[key] != baseline[key]}
+    assert changed == CHANGED[row], f"{row}: changes {sorted(changed)}"
+    # every row trains at hand.json's rate and grid, for the budget given
+    assert config["learning_rate"] == pytest.approx(3e-4) and config["max_minutes"] == 60.0
+    assert config["spatial_size"] == [256, 256] and config["sigma"] == 3.0
+
+
+def test_real_hand_learning_rate_defaults_to_the_overlay(tmp_path):
+    assert _command_recipe([], tmp_path)["learning_rate"] == pytest.approx(3e-4)
+    assert _command_recipe(["--learning-rate", "0.0001"], tmp_path)["learning_rate"] == pytest.approx(1e-4)
+
+
+def test_method_comparison_trains_every_method_at_one_rate(tmp_path):
+    cmd = real_hand_command("scn", "../shared/data/hand-ipilab", 8.0, "configs/hand.json", tmp_path, 0, None, [])
+    recipe = _command_recipe(cmd[2:], tmp_path)
+    assert recipe["learning_rate"] == pytest.approx(1e-4) and recipe["ema_decay"] == 0.0
+
+
+def _seed_summary(row: str, seed: int, ipe: float, tmp_path) -> str:
+    """A single-seed summary.json as real_hand.py writes it for ``row`` (its figures invented, its recipe the row's)."""
+    args = real_hand.parse_args(shlex.split(ablation.command(row, _ablation_args(tmp_path)))[2:])
+    run = {"seed": seed, "config": real_hand.config_files(args), "num_tune": 10,
+           "overrides": real_hand.training_overrides(args, seed, tmp_path / f"{row}{seed}" / f"seed{seed}"),
+           "splits": {"valid": {name: ipe for name in real_hand.FIGURES}}}
+    path = tmp_path / f"{row}{seed}" / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": run["config"], "budget_minutes": 60.0, "tune_fraction": 0.11,
+                                "seeds": [seed], "runs": [run], "over_seeds": real_hand.aggregate([run])}))
+    return str(path)
+
+
+def _ablation_args(tmp_path) -> argparse.Namespace:
+    return argparse.Namespace(dataset_dir="../shared/data/hand-ipilab", budget_minutes=60.0, seeds="0,1",
+                              out=str(tmp_path / "ablation"))
+
+
+def test_seeds_run_separately_are_collected_into_their_row(tmp_path):
+    args = _ablation_args(tmp_path)
+    first, second = _seed_summary("schedule_fast_ema", 0, 1.0, tmp_path), _seed_summary("schedule_fast_ema", 1, 1.2, tmp_path)
+    target = ablation.collect("schedule_fast_ema", [first, second], args)
+    merged = json.loads(target.read_text())
+    assert merged["seeds"] == [0, 1] and merged["recipe"]["ema_decay"] == 0.999
+    assert merged["over_seeds"]["valid"]["ipe_px256"]["mean"] == pytest.approx(1.1)
+    assert "| schedule_fast_ema |" in ablation.table(args) and "1.100 ± 0.141" in ablation.table(args)
+    # a seed of another row, or the same seed twice, is refused
+    with pytest.raises(ValueError, match="another recipe"):
+        real_hand.merge_summaries([json.loads(Path(first).read_text()),
+                                   json.loads(Path(_seed_summary("schedule_fast", 1, 1.0, tmp_path)).read_text())])
+    with pytest.raises(SystemExit, match="not row 'schedule_fast'"):
+        ablation.collect("schedule_fast", [first, second], args)
+    with pytest.raises(ValueError, match="repeat a seed"):
+        real_hand.merge_summaries([json.loads(Path(first).read_text())] * 2)
