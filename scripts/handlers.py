@@ -37,8 +37,8 @@ from collections.abc import Mapping
 
 import torch
 from ignite.engine import Engine, Events
-from monai.engines.utils import IterationEvents
 from ignite.handlers import Checkpoint
+from monai.engines.utils import IterationEvents
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from scripts.checkpoints import load_checkpoint, rng_state, save_checkpoint, set_rng_state
