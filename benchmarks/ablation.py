@@ -63,11 +63,17 @@ def command(row: str, args) -> str:
             f"--out {shlex.quote(str(Path(args.out) / row))}")
 
 
-def row_recipe(row: str, args) -> dict:
-    """The training recipe (``real_hand.recipe``) that ``row``'s command trains."""
+def _real_hand():
+    """``benchmarks/real_hand.py`` as a module (imported on use: it loads torch and MONAI)."""
     sys.path.insert(0, str(ROOT))
     from benchmarks import real_hand
 
+    return real_hand
+
+
+def row_recipe(row: str, args) -> dict:
+    """The training recipe (``real_hand.recipe``) that ``row``'s command trains."""
+    real_hand = _real_hand()
     argv = shlex.split(command(row, args))[2:]  # after "python benchmarks/real_hand.py"
     row_args = real_hand.parse_args(argv)
     overrides = real_hand.training_overrides(row_args, 0, Path(args.out) / row / "seed0")
@@ -77,10 +83,7 @@ def row_recipe(row: str, args) -> dict:
 def collect(row: str, summary_files: list[str], args) -> Path:
     """Merge single-seed ``real_hand.py`` summaries into ``<out>/<row>/summary.json``, after checking that every
     run trained ``row``'s recipe (same budget, rate, variant, ...), so seeds run in different sessions make one row."""
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import real_hand
-
-    merged = real_hand.merge_summaries([json.loads(Path(f).read_text()) for f in summary_files])
+    merged = _real_hand().merge_summaries([json.loads(Path(f).read_text()) for f in summary_files])
     expected = row_recipe(row, args)
     changed = {k: (expected[k], merged["recipe"][k]) for k in expected if merged["recipe"][k] != expected[k]}
     if changed:

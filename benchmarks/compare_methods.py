@@ -47,6 +47,10 @@ METHODS = {
 }
 
 
+#: Adam rate of every method in the model card's comparison and occlusion tables
+COMPARISON_LEARNING_RATE = 1e-4
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", default=str(ROOT.parent / "shared" / "data" / "hand-ipilab"))
@@ -56,14 +60,15 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="the seed of every method's run")
     p.add_argument("--data-overlay", default="configs/hand.json", help="data overlay ('none': the demo contract)")
     p.add_argument("--out", default=str(ROOT / "bench_out" / "compare"))
-    p.add_argument("--learning-rate", type=float, default=1e-4,
-                   help="Adam rate of every method (1e-4: the rate of the model card's comparison)")
+    p.add_argument("--learning-rate", type=float, default=COMPARISON_LEARNING_RATE,
+                   help="Adam rate of every method (default: the rate of the model card's comparison)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON", help="passed to every method")
     return p.parse_args(argv)
 
 
 def real_hand_command(method: str, dataset_dir, budget: float, data_overlay: str, out: Path, seed: int,
-                      threads: int | None, overrides: list[str], learning_rate: float = 1e-4) -> list[str]:
+                      threads: int | None, overrides: list[str],
+                      learning_rate: float = COMPARISON_LEARNING_RATE) -> list[str]:
     """The ``real_hand.py`` command that trains ``method`` (one seed) at a wall-clock budget into ``out``,
     at one Adam rate for every method and without a weight average (the data overlay's rate and average were
     chosen for the fast SCN; the model card's comparison was measured this way)."""

@@ -71,7 +71,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from benchmarks.compare_methods import METHODS, real_hand_command  # noqa: E402
+from benchmarks.compare_methods import COMPARISON_LEARNING_RATE, METHODS, real_hand_command  # noqa: E402
 from scripts.data import LandmarkDataset  # noqa: E402
 from scripts.data.image_reader import read_image  # noqa: E402
 from scripts.data.phantoms import HAND_FINGER_CHAINS  # noqa: E402
@@ -411,8 +411,8 @@ def parse_args(argv=None):
     p.add_argument("--methods", default="scn,hourglass,hourglass_adv", help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--seeds", default="0,1", help="comma list of seeds (set_determinism of every training)")
     p.add_argument("--threads", type=int, default=None, help="torch threads of every training")
-    p.add_argument("--learning-rate", type=float, default=1e-4,
-                   help="Adam rate of every training (1e-4: the rate of the model card's occlusion table)")
+    p.add_argument("--learning-rate", type=float, default=COMPARISON_LEARNING_RATE,
+                   help="Adam rate of every training (default: the rate of the model card's occlusion table)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON", help="passed to every training")
     p.add_argument("--real-hand-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for benchmarks/real_hand.py (repeat for several)")

@@ -132,28 +132,38 @@ RECIPE_KEYS = ("scn_variant", "spatial_size", "keep_aspect", "sigma", "learnable
                "grad_clip_norm")
 
 
+def parser_recipe(parser) -> dict:
+    """The :data:`RECIPE_KEYS` values of a resolved training config (a MONAI ``ConfigParser``)."""
+    return {key: parser.get_parsed_content(key) for key in RECIPE_KEYS}
+
+
 def recipe(config_files: list[str], overrides: dict) -> dict:
     """The :data:`RECIPE_KEYS` values that ``config_files`` (names looked up in this bundle's ``configs/``) with
-    ``overrides`` resolve to."""
+    ``overrides`` resolve to today."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config([str(ROOT / "configs" / Path(f).name) for f in config_files])
     for key, value in overrides.items():
         parser[key] = value
-    return {key: parser.get_parsed_content(key) for key in RECIPE_KEYS}
+    return parser_recipe(parser)
 
 
 def merge_summaries(summaries: list[dict]) -> dict:
     """One summary of the seeds of several ``summary.json`` files, e.g. one seed per run in different sessions.
 
-    Raises ``ValueError`` when their runs differ in the training recipe (:func:`recipe`) or repeat a seed."""
+    Raises ``ValueError`` when their runs differ in the training recipe each recorded in ``result.json``, repeat a
+    seed, or have no recorded recipe (runs from before it was recorded: resolving their overrides against today's
+    configs would give today's defaults, e.g. ``hand.json``'s weight average, not the ones they trained with)."""
     runs = sorted((run for s in summaries for run in s["runs"]), key=lambda r: r["seed"])
     seeds = [r["seed"] for r in runs]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"the summaries repeat a seed: {seeds}")
-    # a run records its recipe; for older runs it is resolved from today's configs and the run's overrides
-    recipes = [r.get("recipe") or recipe(r["config"], r["overrides"]) for r in runs]
+    unrecorded = [r["seed"] for r in runs if "recipe" not in r]
+    if unrecorded:
+        raise ValueError(f"seeds {unrecorded} have no recorded recipe (runs of real_hand.py before bundle 0.3.2); "
+                         "add the recipe they trained to their runs entry of summary.json")
+    recipes = [r["recipe"] for r in runs]
     for run, other in zip(runs[1:], recipes[1:]):
         changed = {k: (recipes[0][k], other[k]) for k in RECIPE_KEYS if other[k] != recipes[0][k]}
         if changed:
@@ -274,7 +284,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
               "train_minutes": train_minutes, "wall_minutes_to_end_of_training": wall_minutes,
               "ended_by_budget_schedule": bool(attached and schedule.ended_by_budget),
               "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,
-              "overrides": overrides, "recipe": {key: train.parser.get_parsed_content(key) for key in RECIPE_KEYS},
+              "overrides": overrides, "recipe": parser_recipe(train.parser),
               "budgets": budgets, "splits": summaries}
     (out / "result.json").write_text(json.dumps(result, indent=2))
     print(f"\nseed {seed}: trained {train_minutes:.1f} min ({wall_minutes:.1f} min wall clock with setup), "

@@ -67,8 +67,9 @@ def test_method_comparison_trains_every_method_at_one_rate(tmp_path):
 def _seed_summary(row: str, seed: int, ipe: float, tmp_path) -> str:
     """A single-seed summary.json as real_hand.py writes it for ``row`` (its figures invented, its recipe the row's)."""
     args = real_hand.parse_args(shlex.split(ablation.command(row, _ablation_args(tmp_path)))[2:])
-    run = {"seed": seed, "config": real_hand.config_files(args), "num_tune": 10,
-           "overrides": real_hand.training_overrides(args, seed, tmp_path / f"{row}{seed}" / f"seed{seed}"),
+    overrides = real_hand.training_overrides(args, seed, tmp_path / f"{row}{seed}" / f"seed{seed}")
+    run = {"seed": seed, "config": real_hand.config_files(args), "num_tune": 10, "overrides": overrides,
+           "recipe": real_hand.recipe(real_hand.config_files(args), overrides),
            "splits": {"valid": {name: ipe for name in real_hand.FIGURES}}}
     path = tmp_path / f"{row}{seed}" / "summary.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -98,3 +99,8 @@ def test_seeds_run_separately_are_collected_into_their_row(tmp_path):
         ablation.collect("schedule_fast", [first, second], args)
     with pytest.raises(ValueError, match="repeat a seed"):
         real_hand.merge_summaries([json.loads(Path(first).read_text())] * 2)
+    # a run without a recorded recipe is refused, not resolved against today's defaults
+    unrecorded = json.loads(Path(second).read_text())
+    del unrecorded["runs"][0]["recipe"]
+    with pytest.raises(ValueError, match=r"seeds \[1\] have no recorded recipe"):
+        real_hand.merge_summaries([json.loads(Path(first).read_text()), unrecorded])
