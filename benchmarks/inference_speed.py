@@ -55,6 +55,7 @@ import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks.machine import describe, load_average  # noqa: E402
 import scripts.inference  # noqa: E402
 import scripts.writers.results  # noqa: E402
 import scripts.transforms.io  # noqa: E402
@@ -273,12 +274,15 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     out = Path(args.out).absolute()
     hw = tuple(int(v) for v in args.hw.lower().split("x"))
-    load_start = os.getloadavg()[0]
-    print(f"cores {len(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()}, load average {load_start:.2f}; "
+    machine = describe()
+    load_start = machine["load_average"]
+    print(f"CPU: {machine['cpu']}, bf16 fast: {machine['bf16_is_fast']}; "
+          f"cores {len(os.sched_getaffinity(0))}, torch threads {torch.get_num_threads()}, load average {load_start:.2f}; "
           f"random weights (speed only); {args.n} images per format, {hw[0]} x {hw[1]}", flush=True)
     folders = make_images(out / "images", args.n, hw)
     reference = reference_image(out / "images")
-    results = {"n": args.n, "hw": hw, "threads": torch.get_num_threads(), "load_start": load_start, "models": {}}
+    results = {"n": args.n, "hw": hw, "threads": torch.get_num_threads(), "load_start": load_start, "machine": machine,
+               "models": {}}
 
     for model in args.models.split(","):
         data_overlays, model_overrides = model_config(model)
@@ -366,7 +370,7 @@ def main(argv=None) -> dict:
                     print(f"{'':27s} {key}: " + ", ".join(f"{k} {v}" for k, v in row[key].items()), flush=True)
         results["models"][model] = figures
 
-    results["load_end"] = os.getloadavg()[0]
+    results["load_end"] = load_average()
     print(f"load average at the end {results['load_end']:.2f} (other jobs slow every figure; compare the ratios)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,7 @@ from ignite.engine import Events  # noqa: E402
 from monai.bundle import ConfigWorkflow  # noqa: E402
 
 import scripts.heatmap  # noqa: E402
+from benchmarks.machine import describe, load_average  # noqa: E402
 from scripts.data import LandmarkDataset  # noqa: E402
 from scripts.writers.files import write_csv  # noqa: E402
 
@@ -152,7 +153,8 @@ def recipe(config_files: list[str], overrides: dict) -> dict:
 def merge_summaries(summaries: list[dict]) -> dict:
     """One summary of the seeds of several ``summary.json`` files, e.g. one seed per run in different sessions.
 
-    Raises ``ValueError`` when their runs differ in the training recipe each recorded in ``result.json``, repeat a
+    Raises ``ValueError`` when their runs differ in the training recipe each recorded in ``result.json``, ran on
+    different machines (CPU model or bf16 support, where recorded: a time budget buys another number of steps), repeat a
     seed, or have no recorded recipe (runs from before it was recorded: resolving their overrides against today's
     configs would give today's defaults, e.g. ``hand.json``'s weight average, not the ones they trained with)."""
     runs = sorted((run for s in summaries for run in s["runs"]), key=lambda r: r["seed"])
@@ -168,6 +170,9 @@ def merge_summaries(summaries: list[dict]) -> dict:
         changed = {k: (recipes[0][k], other[k]) for k in RECIPE_KEYS if other[k] != recipes[0][k]}
         if changed:
             raise ValueError(f"seed {run['seed']} has another recipe than seed {seeds[0]}: {changed}")
+    machines = {(r["machine"]["cpu"], r["machine"]["bf16_is_fast"]) for r in runs if "machine" in r}
+    if len(machines) > 1:
+        raise ValueError(f"the seeds ran on different machines, so their iterations per minute differ: {sorted(machines)}")
     first = summaries[0]
     return {"config": first["config"], "budget_minutes": first["budget_minutes"], "tune_fraction": first["tune_fraction"],
             "seeds": seeds, "runs": runs, "over_seeds": aggregate(runs), "recipe": recipes[0]}
@@ -220,6 +225,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
     train = ConfigWorkflow(config_file=config_files(args), workflow_type="train",
                            meta_file=str(ROOT / "configs" / "metadata.json"), **overrides)
     train.initialize()
+    machine = describe(train.parser.get_parsed_content("device"))
     trainer = train.parser.get_parsed_content("train#trainer")
     evaluator = train.parser.get_parsed_content("validate#evaluator")
     optimizer = train.parser.get_parsed_content("optimizer")
@@ -260,6 +266,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
 
     train.run()
     train.finalize()
+    machine["load_average_end_of_training"] = load_average()
     train_minutes = (time.perf_counter() - start) / 60.0
     wall_minutes = (time.perf_counter() - script_start) / 60.0
 
@@ -280,14 +287,18 @@ def run_seed(args, seed: int, out: Path) -> dict:
             summaries[name] = evaluate_checkpoint(config_files(args), {**overrides, "split": split},
                                                   out / "eval" / name, method)
 
-    result = {"seed": seed, "config": config_files(args), "threads": torch.get_num_threads(), "num_tune": num_tune,
+    result = {"seed": seed, "config": config_files(args), "threads": torch.get_num_threads(), "machine": machine,
+              "num_tune": num_tune,
               "train_minutes": train_minutes, "wall_minutes_to_end_of_training": wall_minutes,
               "ended_by_budget_schedule": bool(attached and schedule.ended_by_budget),
               "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,
               "overrides": overrides, "recipe": parser_recipe(train.parser),
               "budgets": budgets, "splits": summaries}
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    print(f"\nseed {seed}: trained {train_minutes:.1f} min ({wall_minutes:.1f} min wall clock with setup), "
+    loads = [f"{v:.2f}" if v is not None else "n/a" for v in (machine["load_average"], machine["load_average_end_of_training"])]
+    print(f"\nseed {seed} on {machine['cpu']} (bf16 fast: {machine['bf16_is_fast']}; load average "
+          f"{loads[0]} at the start, {loads[1]} at the end of training)")
+    print(f"seed {seed}: trained {train_minutes:.1f} min ({wall_minutes:.1f} min wall clock with setup), "
           f"{trainer.state.epoch} epochs, {trainer.state.iteration} iterations; selection on {num_tune} tuning images")
     for b in budgets:
         print(f"budget {b['budget_minutes']:>5.0f} min: best tuning error {b['tune_mean_error_net_px']:.3f} net px "

@@ -49,6 +49,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
+from benchmarks.machine import cpu_model, load_average  # noqa: E402
 from scripts.bundle_configs import prepare_demo_dataset  # noqa: E402
 from scripts.engines import decode_batch_points  # noqa: E402
 from scripts.utils import bf16_is_fast, resolve_flag  # noqa: E402
@@ -63,26 +64,6 @@ MIB = 1024.0 * 1024.0
 
 
 # ---------------------------------------------------------------- environment and memory
-
-
-def cpu_model() -> str:
-    """Processor name from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _load_average() -> float | None:
-    """One-minute load average (how busy the machine is), None where unknown."""
-    try:
-        return os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return None
 
 
 def _status_kib(field: str) -> int | None:
@@ -507,7 +488,7 @@ def main(argv=None) -> dict:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "load_average_start": _load_average(),
+        "load_average_start": load_average(),
         "overlays": [str(o) for o in args.overlay],
         "spatial_size": spatial_size,
         "num_landmarks": num_landmarks,
@@ -578,7 +559,7 @@ def main(argv=None) -> dict:
             v.results["compile_s"] = v.results["train_warmup_s"] - seconds_per_step * v.warmup
 
     summary = print_report(data, variants, shape)
-    env["load_average_end"] = _load_average()
+    env["load_average_end"] = load_average()
     print(f"\nload average at the end {_fmt(env['load_average_end'], '.2f')} on {os.cpu_count()} CPUs "
           "(other processes on the machine slow all variants; compare ratios, not absolute times)")
     results = {"environment": env, "args": {k: json.loads(json.dumps(v, default=str)) for k, v in vars(args).items()},

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import statistics
 import sys
 import time
 from collections.abc import Mapping
@@ -500,7 +501,7 @@ class GradientNormClip:
             raise ValueError(f"grad_clip_norm must be a finite number >= 0 (0 switches clipping off), got {max_norm!r}.")
         self.network = network
         self.num_clipped = 0
-        self.max_seen = 0.0
+        self.norms: list[float] = []
         self.logger = logging.getLogger(self.__class__.__name__)
 
     @property
@@ -515,12 +516,18 @@ class GradientNormClip:
 
     def __call__(self, engine: Engine | None = None) -> float:
         norm = float(torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.max_norm))
-        self.max_seen = max(self.max_seen, norm)
+        self.norms.append(norm)
         self.num_clipped += int(norm > self.max_norm)
         return norm
 
+    @property
+    def max_seen(self) -> float:
+        """The largest gradient norm (before clipping) of this epoch's steps so far, 0 before the first."""
+        return max(self.norms, default=0.0)
+
     def log_epoch(self, engine: Engine) -> None:
-        if distributed_rank() == 0:
+        if distributed_rank() == 0 and self.norms:
             self.logger.info(f"epoch {engine.state.epoch}: gradient norm clipped to {self.max_norm:g} in "
-                             f"{self.num_clipped} of {engine.state.epoch_length} steps (largest {self.max_seen:.3g})")
-        self.num_clipped, self.max_seen = 0, 0.0
+                             f"{self.num_clipped} of {len(self.norms)} steps (median {statistics.median(self.norms):.3g}, "
+                             f"largest {self.max_seen:.3g})")
+        self.num_clipped, self.norms = 0, []

@@ -1,6 +1,6 @@
 """The ablation rows and the method comparison build real_hand.py command lines that its parser accepts, each
 ablation row differs from the baseline in exactly the settings its description names, and the seeds of a row run
-one at a time are merged into the row only when they trained its recipe."""
+one at a time are merged into the row only when they trained its recipe on one machine."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import ablation, real_hand
+from benchmarks import ablation, machine, real_hand
 from benchmarks.compare_methods import real_hand_command
+from scripts.utils import bf16_is_fast
 
 #: the recipe settings an ablation row may change, and the rows that change each
 ROW_SETTINGS = ("scn_variant", "lr_schedule", "keep_aspect", "learnable_sigma", "ema_decay")
@@ -104,3 +105,20 @@ def test_seeds_run_separately_are_collected_into_their_row(tmp_path):
     del unrecorded["runs"][0]["recipe"]
     with pytest.raises(ValueError, match=r"seeds \[1\] have no recorded recipe"):
         real_hand.merge_summaries([json.loads(Path(first).read_text()), unrecorded])
+
+
+def test_seeds_from_different_machines_are_not_merged(tmp_path):
+    first = json.loads(Path(_seed_summary("schedule_fast_ema", 0, 1.0, tmp_path)).read_text())
+    second = json.loads(Path(_seed_summary("schedule_fast_ema", 1, 1.2, tmp_path)).read_text())
+    xeon, epyc = machine.describe(), {**machine.describe(), "cpu": "AMD EPYC (another CPU)"}
+    first["runs"][0]["machine"], second["runs"][0]["machine"] = xeon, epyc
+    with pytest.raises(ValueError, match="different machines"):
+        real_hand.merge_summaries([first, second])
+    second["runs"][0]["machine"] = {**xeon, "load_average": 5.0}  # same CPU, another moment: merged
+    assert real_hand.merge_summaries([first, second])["seeds"] == [0, 1]
+
+
+def test_machine_description_names_the_cpu_and_bf16():
+    described = machine.describe("cpu")
+    assert described["cpu"] and described["cpu_count"] >= 1 and described["threads"] >= 1
+    assert described["bf16_is_fast"] == bf16_is_fast("cpu")
