@@ -49,10 +49,10 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 
-from benchmarks.machine import cpu_model, load_average  # noqa: E402
+from benchmarks.machine import describe, load_average  # noqa: E402
 from scripts.bundle_configs import prepare_demo_dataset  # noqa: E402
 from scripts.engines import decode_batch_points  # noqa: E402
-from scripts.utils import bf16_is_fast, resolve_flag  # noqa: E402
+from scripts.utils import resolve_flag  # noqa: E402
 from scripts.heatmap import decode_heatmaps  # noqa: E402
 from scripts.losses import HeatmapLoss  # noqa: E402
 from scripts.networks.scn import SCN_VARIANTS, SpatialConfigurationNet  # noqa: E402
@@ -482,13 +482,9 @@ def main(argv=None) -> dict:
     use_amp = resolve_flag(project_cfg["amp"], device)
     use_cl = resolve_flag(project_cfg["channels_last"], device)
     env = {
-        "cpu": cpu_model(),
+        **describe(device),  # cpu, cpu_count, torch, threads, bf16_is_fast, load_average (at the start), gpu on CUDA
         "device": str(device),
-        "bf16_is_fast": bf16_is_fast(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
         "python": platform.python_version(),
-        "load_average_start": load_average(),
         "overlays": [str(o) for o in args.overlay],
         "spatial_size": spatial_size,
         "num_landmarks": num_landmarks,
@@ -496,11 +492,9 @@ def main(argv=None) -> dict:
         "project_amp": use_amp,
         "project_channels_last": use_cl,
     }
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
     print(f"CPU: {env['cpu']} | device: {device}{' (' + env['gpu'] + ')' if 'gpu' in env else ''}")
     print(f"torch {env['torch']}, threads {env['threads']}, bf16 native (scripts.utils.bf16_is_fast): "
-          f"{env['bf16_is_fast']}, load average {_fmt(env['load_average_start'], '.2f')} on {os.cpu_count()} CPUs")
+          f"{env['bf16_is_fast']}, load average {_fmt(env['load_average'], '.2f')} on {os.cpu_count()} CPUs")
     print(f"{' + '.join(map(str, [args.config, *args.overlay]))}: {spatial_size[0]}x{spatial_size[1]}, {num_landmarks} landmarks, "
           f"num_filters {args.num_filters}; config resolves amp={project_cfg['amp']!r} -> {use_amp}, "
           f"channels_last={project_cfg['channels_last']!r} -> {use_cl}", flush=True)

@@ -500,7 +500,6 @@ class GradientNormClip:
         if not (math.isfinite(self.max_norm) and self.max_norm >= 0.0):
             raise ValueError(f"grad_clip_norm must be a finite number >= 0 (0 switches clipping off), got {max_norm!r}.")
         self.network = network
-        self.num_clipped = 0
         self.norms: list[float] = []
         self.logger = logging.getLogger(self.__class__.__name__)
 
@@ -517,8 +516,12 @@ class GradientNormClip:
     def __call__(self, engine: Engine | None = None) -> float:
         norm = float(torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.max_norm))
         self.norms.append(norm)
-        self.num_clipped += int(norm > self.max_norm)
         return norm
+
+    @property
+    def num_clipped(self) -> int:
+        """How many of this epoch's steps so far had a gradient norm above ``max_norm`` (and were scaled down)."""
+        return sum(norm > self.max_norm for norm in self.norms)
 
     @property
     def max_seen(self) -> float:
@@ -530,4 +533,4 @@ class GradientNormClip:
             self.logger.info(f"epoch {engine.state.epoch}: gradient norm clipped to {self.max_norm:g} in "
                              f"{self.num_clipped} of {len(self.norms)} steps (median {statistics.median(self.norms):.3g}, "
                              f"largest {self.max_seen:.3g})")
-        self.num_clipped, self.norms = 0, []
+        self.norms = []

@@ -110,11 +110,11 @@ def test_seeds_run_separately_are_collected_into_their_row(tmp_path):
 def test_seeds_from_different_machines_are_not_merged(tmp_path):
     first = json.loads(Path(_seed_summary("schedule_fast_ema", 0, 1.0, tmp_path)).read_text())
     second = json.loads(Path(_seed_summary("schedule_fast_ema", 1, 1.2, tmp_path)).read_text())
-    xeon, epyc = machine.describe(), {**machine.describe(), "cpu": "AMD EPYC (another CPU)"}
-    first["runs"][0]["machine"], second["runs"][0]["machine"] = xeon, epyc
+    here, elsewhere = machine.describe(), {**machine.describe(), "cpu": "AMD EPYC (another CPU)"}
+    first["runs"][0]["machine"], second["runs"][0]["machine"] = here, elsewhere
     with pytest.raises(ValueError, match="different machines"):
         real_hand.merge_summaries([first, second])
-    second["runs"][0]["machine"] = {**xeon, "load_average": 5.0}  # same CPU, another moment: merged
+    second["runs"][0]["machine"] = {**here, "load_average": 5.0}  # same CPU, another moment: merged
     assert real_hand.merge_summaries([first, second])["seeds"] == [0, 1]
 
 
