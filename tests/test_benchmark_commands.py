@@ -16,7 +16,7 @@ from benchmarks.compare_methods import real_hand_command
 from scripts.utils import bf16_is_fast
 
 #: the recipe settings an ablation row may change, and the rows that change each
-ROW_SETTINGS = ("scn_variant", "lr_schedule", "keep_aspect", "learnable_sigma", "ema_decay")
+ROW_SETTINGS = ("scn_variant", "lr_schedule", "keep_aspect", "learnable_sigma", "ema_decay", "grad_clip_norm")
 CHANGED = {
     "baseline": set(),
     "schedule": {"lr_schedule"},
@@ -24,8 +24,10 @@ CHANGED = {
     "letterbox": {"keep_aspect"},
     "learnable_sigma": {"learnable_sigma"},
     "ema": {"ema_decay"},
+    "grad_clip": {"grad_clip_norm"},
     "schedule_fast": {"lr_schedule", "scn_variant"},
     "schedule_fast_ema": {"lr_schedule", "scn_variant", "ema_decay"},
+    "schedule_fast_ema_clip": {"lr_schedule", "scn_variant", "ema_decay", "grad_clip_norm"},
     "combined": set(ROW_SETTINGS),
 }
 
@@ -47,6 +49,7 @@ def test_ablation_row_changes_only_what_it_names(row, tmp_path):
     baseline, config = ablation.row_recipe("baseline", args), ablation.row_recipe(row, args)
     assert baseline["scn_variant"] == "paper" and baseline["lr_schedule"] == "none"
     assert baseline["ema_decay"] == 0.0 and not baseline["keep_aspect"] and not baseline["learnable_sigma"]
+    assert baseline["grad_clip_norm"] == 0.0
     changed = {key for key in real_hand.RECIPE_KEYS if config[key] != baseline[key]}
     assert changed == CHANGED[row], f"{row}: changes {sorted(changed)}"
     # every row trains at hand.json's rate and grid, for the budget given
@@ -92,6 +95,7 @@ def test_seeds_run_separately_are_collected_into_their_row(tmp_path):
     assert merged["seeds"] == [0, 1] and merged["recipe"]["ema_decay"] == 0.999
     assert merged["over_seeds"]["valid"]["ipe_px256"]["mean"] == pytest.approx(1.1)
     assert "| schedule_fast_ema |" in ablation.table(args) and "1.100 ± 0.141" in ablation.table(args)
+    assert "| not recorded |" in ablation.table(args)  # these invented runs name no machine
     # a seed of another row, or the same seed twice, is refused
     with pytest.raises(ValueError, match="another recipe"):
         real_hand.merge_summaries([json.loads(Path(first).read_text()),
@@ -115,7 +119,8 @@ def test_seeds_from_different_machines_are_not_merged(tmp_path):
     with pytest.raises(ValueError, match="different machines"):
         real_hand.merge_summaries([first, second])
     second["runs"][0]["machine"] = {**here, "load_average": 5.0}  # same CPU, another moment: merged
-    assert real_hand.merge_summaries([first, second])["seeds"] == [0, 1]
+    merged = real_hand.merge_summaries([first, second])
+    assert merged["seeds"] == [0, 1] and ablation.machine_name(merged) == here["cpu"]
 
 
 def test_machine_description_names_the_cpu_and_bf16():
