@@ -57,6 +57,14 @@ def test_ablation_row_changes_only_what_it_names(row, tmp_path):
     assert config["spatial_size"] == [256, 256] and config["sigma"] == 3.0
 
 
+def test_the_row_named_the_hand_default_is_what_real_hand_trains_by_default(tmp_path):
+    default_rows = [row for row, (change, _) in ablation.ROWS.items() if "hand.json default" in change]
+    assert default_rows == ["schedule_fast_ema_clip"]
+    settings = {**ablation.BASELINE, **ablation.ROWS["schedule_fast_ema_clip"][1]}
+    recipe = _command_recipe([], tmp_path)
+    assert {key: recipe[key] for key in ROW_SETTINGS} == settings
+
+
 def test_real_hand_learning_rate_defaults_to_the_overlay(tmp_path):
     assert _command_recipe([], tmp_path)["learning_rate"] == pytest.approx(3e-4)
     assert _command_recipe(["--learning-rate", "0.0001"], tmp_path)["learning_rate"] == pytest.approx(1e-4)
@@ -66,6 +74,7 @@ def test_method_comparison_trains_every_method_at_one_rate(tmp_path):
     cmd = real_hand_command("scn", "../shared/data/hand-ipilab", 8.0, "configs/hand.json", tmp_path, 0, None, [])
     recipe = _command_recipe(cmd[2:], tmp_path)
     assert recipe["learning_rate"] == pytest.approx(1e-4) and recipe["ema_decay"] == 0.0
+    assert recipe["grad_clip_norm"] == 0.0
 
 
 def _seed_summary(row: str, seed: int, ipe: float, tmp_path) -> str:
