@@ -42,7 +42,7 @@ ROWS = {
     "letterbox": ("+ aspect-preserving letterbox", {"keep_aspect": True}),
     "learnable_sigma": ("+ learnable sigma (normalised targets + penalty)", {"learnable_sigma": True}),
     "ema": ("+ EMA of the weights (decay 0.999) for selection and model.pt", {"ema_decay": 0.999}),
-    "grad_clip": ("+ gradient-norm clipping at 2e7", {"grad_clip_norm": CLIP_NORM}),
+    "grad_clip": (f"+ gradient-norm clipping at {CLIP_NORM:.0e}", {"grad_clip_norm": CLIP_NORM}),
     "schedule_fast": ("cosine schedule + fast SCN", {"lr_schedule": "cosine", "scn_variant": "fast"}),
     "schedule_fast_ema": ("cosine schedule + fast SCN + EMA",
                           {"lr_schedule": "cosine", "scn_variant": "fast", "ema_decay": 0.999}),
