@@ -22,15 +22,17 @@ Writes, under ``--out``/``seed<k>``:
 
 * ``learning_curve.csv`` / ``learning_curve.png``: tuning-subset error against training minutes;
 * ``budgets.csv``: the best tuning-subset error reached within each budget in ``--report-minutes``;
-* ``eval/<split>/`` (the default decoder, the parabola) and ``eval/<split>_gaussian_fit/`` (the same
-  checkpoint decoded with the 5x5 window Gaussian fit): the full evaluation report;
+* ``eval/<split>/``: the full evaluation report, decoded as the configs say (``decode_method``: the window Gaussian
+  fit for ``hand.json``, the parabola otherwise), with test-time augmentation when ``--tta`` is given; the same
+  checkpoint is also evaluated with the other decoder (``eval/<split>_<decoder>/``) and, with ``--tta``, without it
+  (``eval/<split>_no_tta/``), for the record;
 * ``models/``: ``model.pt`` (best on the tuning subset) and ``last.ckpt``;
 
 and ``--out``/``summary.json`` with every seed and the mean / SD / min / max over seeds.
 
 Example (the lead's 60-minute run, 2 seeds, alone on the machine)::
 
-    python benchmarks/real_hand.py --dataset_dir ../shared/data/hand-ipilab --budget-minutes 60 --seeds 0,1 --out bench_out/hand60
+    python benchmarks/real_hand.py --dataset_dir ../shared/data/hand-ipilab --budget-minutes 60 --seeds 0,1 --tta --out bench_out/hand60
 
 ``benchmarks/ablation.py`` prints the command of every ablation row.
 """
@@ -88,6 +90,8 @@ def parse_args(argv=None):
                    help="schedule over the budget (none: constant learning rate)")
     p.add_argument("--val-interval", type=int, default=1, help="epochs between validations on the tuning subset")
     p.add_argument("--report-minutes", default="10,20,30,45,60,90,120", help="budgets to report, minutes")
+    p.add_argument("--tta", action="store_true",
+                   help="evaluate the selected checkpoint with test-time augmentation (configs/evaluate.json's tta)")
     p.add_argument("--override", action="append", default=[], metavar="KEY=JSON",
                    help="extra config override, e.g. --override learnable_sigma=true --override scn_variant='\"fast\"'")
     args = p.parse_args(argv)
@@ -130,7 +134,9 @@ def main(argv=None) -> dict:
 #: config keys that make up a training recipe: runs merged into one summary must agree on all of them
 RECIPE_KEYS = ("scn_variant", "spatial_size", "keep_aspect", "sigma", "learnable_sigma", "num_filters", "batch_size",
                "learning_rate", "lr_schedule", "warmup_fraction", "max_minutes", "tune_fraction", "ema_decay",
-               "grad_clip_norm")
+               "grad_clip_norm", "decode_method")
+#: recipe keys added after runs were recorded, with the value every earlier run had
+RECIPE_DEFAULTS = {"decode_method": "parabola"}
 
 
 def parser_recipe(parser) -> dict:
@@ -165,7 +171,7 @@ def merge_summaries(summaries: list[dict]) -> dict:
     if unrecorded:
         raise ValueError(f"seeds {unrecorded} have no recorded recipe (runs of real_hand.py before bundle 0.3.2); "
                          "add the recipe they trained to their runs entry of summary.json")
-    recipes = [r["recipe"] for r in runs]
+    recipes = [{**RECIPE_DEFAULTS, **r["recipe"]} for r in runs]
     for run, other in zip(runs[1:], recipes[1:]):
         changed = {k: (recipes[0][k], other[k]) for k in RECIPE_KEYS if other[k] != recipes[0][k]}
         if changed:
@@ -280,19 +286,19 @@ def run_seed(args, seed: int, out: Path) -> dict:
     write_csv(out / "budgets.csv", budgets)
 
     splits = [s for s in LandmarkDataset(overrides["dataset_dir"]).split_names() if s != "train"]
+    decoder = train.parser.get_parsed_content("decode_method")
     summaries = {}
     for split in splits:
-        for method in scripts.heatmap.DECODE_METHODS:
-            name = split if method == scripts.heatmap.DEFAULT_DECODE_METHOD else f"{split}_{method}"
+        for name, variant_decoder, tta in evaluation_variants(split, decoder, args.tta):
             summaries[name] = evaluate_checkpoint(config_files(args), {**overrides, "split": split},
-                                                  out / "eval" / name, method)
+                                                  out / "eval" / name, variant_decoder, tta)
 
     result = {"seed": seed, "config": config_files(args), "threads": torch.get_num_threads(), "machine": machine,
               "num_tune": num_tune,
               "train_minutes": train_minutes, "wall_minutes_to_end_of_training": wall_minutes,
               "ended_by_budget_schedule": bool(attached and schedule.ended_by_budget),
               "epochs": trainer.state.epoch, "iterations": trainer.state.iteration,
-              "overrides": overrides, "recipe": parser_recipe(train.parser),
+              "overrides": overrides, "recipe": parser_recipe(train.parser), "tta": args.tta,
               "budgets": budgets, "splits": summaries}
     (out / "result.json").write_text(json.dumps(result, indent=2))
     loads = [f"{v:.2f}" if v is not None else "n/a" for v in (machine["load_average"], machine["load_average_end_of_training"])]
@@ -303,6 +309,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
     for b in budgets:
         print(f"budget {b['budget_minutes']:>5.0f} min: best tuning error {b['tune_mean_error_net_px']:.3f} net px "
               f"({b['tune_mean_error_orig_px']:.2f} orig px) at {b['minutes']:.1f} min, epoch {b['epoch']}")
+    print(f"evaluation reported as <split>: {decoder} decoder, test-time augmentation {'on' if args.tta else 'off'}")
     for split, s in summaries.items():
         line = (f"{split}: IPE {s['ipe_px256']:.3f} px@256, outliers(>10 px@256) {s['outliers_px256_10']:.2f}/image "
                 f"({s['outlier_percent_px256_10']:.2f} %), PE {s['mean_px']:.2f} ± {s['std_px']:.2f} px "
@@ -314,20 +321,33 @@ def run_seed(args, seed: int, out: Path) -> dict:
     return result
 
 
-def evaluate_checkpoint(configs: list[str], overrides: dict, eval_dir: Path, decoder: str) -> dict:
+def evaluation_variants(split: str, decoder: str, tta: bool) -> list[tuple[str, str, bool]]:
+    """``(name, decoder, tta)`` of each evaluation of ``split``: first the reported one (``split``: the configured
+    ``decoder``, with ``tta`` as given), then for the record the other decoders (``<split>_<decoder>``, same ``tta``)
+    and, where ``tta``, the configured decoder without it (``<split>_no_tta``)."""
+    variants = [(split, decoder, tta)]
+    variants += [(f"{split}_{other}", other, tta) for other in scripts.heatmap.DECODE_METHODS if other != decoder]
+    if tta:
+        variants.append((f"{split}_no_tta", decoder, False))
+    return variants
+
+
+def evaluate_checkpoint(configs: list[str], overrides: dict, eval_dir: Path, decoder: str | None = None,
+                        tta: bool | None = None) -> dict:
     """Run ``configs`` + ``configs/evaluate.json`` with ``overrides`` (checkpoint, split, ...), decoding with
-    ``decoder``; the report goes to ``eval_dir`` and its ``summary.json`` is returned."""
-    default = scripts.heatmap.DEFAULT_DECODE_METHOD
-    scripts.heatmap.DEFAULT_DECODE_METHOD = decoder  # the evaluator decodes with the module default
-    try:
-        os.chdir(ROOT)  # the configs' bundle_root is "."
-        ev = ConfigWorkflow(config_file=[*configs, str(ROOT / "configs" / "evaluate.json")], workflow_type="eval",
-                            meta_file=str(ROOT / "configs" / "metadata.json"), **{**overrides, "eval_dir": str(eval_dir)})
-        ev.initialize()
-        ev.run()
-        ev.finalize()
-    finally:
-        scripts.heatmap.DEFAULT_DECODE_METHOD = default
+    ``decoder`` and test-time augmentation ``tta`` (``None``: as the configs and ``overrides`` say); the report goes
+    to ``eval_dir`` and its ``summary.json`` is returned."""
+    overrides = {**overrides, "eval_dir": str(eval_dir)}
+    if decoder is not None:
+        overrides["decode_method"] = decoder
+    if tta is not None:
+        overrides["tta"] = tta
+    os.chdir(ROOT)  # the configs' bundle_root is "."
+    ev = ConfigWorkflow(config_file=[*configs, str(ROOT / "configs" / "evaluate.json")], workflow_type="eval",
+                        meta_file=str(ROOT / "configs" / "metadata.json"), **overrides)
+    ev.initialize()
+    ev.run()
+    ev.finalize()
     return json.loads((Path(eval_dir) / "summary.json").read_text())
 
 

@@ -130,44 +130,48 @@ def prepare_landmark_batch(batchdata: Mapping, device=None, non_blocking: bool =
     return image, targets
 
 
-def decode_batch_points(heatmaps: torch.Tensor) -> torch.Tensor:
-    """Sub-pixel maxima of predicted heatmaps (B, N, H, W) -> points (B, N, 2), network px (x, y)."""
-    points, _ = decode_heatmaps(heatmaps.detach().float())
+def decode_batch_points(heatmaps: torch.Tensor, method: str | None = None) -> torch.Tensor:
+    """Sub-pixel maxima of predicted heatmaps (B, N, H, W) -> points (B, N, 2), network px (x, y).
+
+    ``method``: decoder of :func:`scripts.heatmap.decode_heatmaps` (the config's ``decode_method``)."""
+    points, _ = decode_heatmaps(heatmaps.detach().float(), method)
     return points
 
 
 DECODED_KEY = str(LandmarkKeys.PRED_POINTS)
 
 
-def decoded_points(output: Mapping) -> torch.Tensor:
-    """The decoded ``pred`` of an engine output, (B, N, 2) network px, decoded once per iteration.
+def decoded_points(output: Mapping, method: str | None = None) -> torch.Tensor:
+    """The decoded ``pred`` of an engine output, (B, N, 2) network px, decoded once per iteration and method.
 
-    The first call stores ``(pred, points)`` in ``output[DECODED_KEY]`` (the engine's output dict), so
+    The first call stores ``(pred, method, points)`` in ``output[DECODED_KEY]`` (the engine's output dict), so
     the validation metrics and the evaluation report, which all read the same output, share one
-    decoding; the stored points are used only while ``output["pred"]`` is the same tensor.
+    decoding; the stored points are used only while ``output["pred"]`` is the same tensor and the method the same.
     """
     pred = output[Keys.PRED]
     cached = output.get(DECODED_KEY)
-    if cached is not None and cached[0] is pred:
-        return cached[1]
-    points = decode_batch_points(pred)
+    if cached is not None and cached[0] is pred and cached[1] == method:
+        return cached[2]
+    points = decode_batch_points(pred, method)
     if isinstance(output, dict):
-        output[DECODED_KEY] = (pred, points)
+        output[DECODED_KEY] = (pred, method, points)
     return points
 
 
-def network_points_transform(output: Mapping):
+def network_points_transform(output: Mapping, method: str | None = None):
     """Engine output -> ``(pred_points, true_points)`` in network px, for point-error metrics.
 
-    True points of landmarks that are missing are NaN and so ignored by the metrics.
+    True points of landmarks that are missing are NaN and so ignored by the metrics. ``method``: the decoder
+    (configs: ``functools.partial(scripts.engines.network_points_transform, method=@decode_method)``).
     """
-    return decoded_points(output), output[Keys.LABEL][LandmarkKeys.LANDMARKS].float()
+    return decoded_points(output, method), output[Keys.LABEL][LandmarkKeys.LANDMARKS].float()
 
 
-def original_points_transform(output: Mapping):
-    """Engine output -> ``(pred_points, true_points)`` in original-image px (ground truth from the annotation)."""
+def original_points_transform(output: Mapping, method: str | None = None):
+    """Engine output -> ``(pred_points, true_points)`` in original-image px (ground truth from the annotation),
+    decoded with ``method`` as :func:`network_points_transform`."""
     label = output[Keys.LABEL]
-    pred_net = decoded_points(output)
+    pred_net = decoded_points(output, method)
     return points_to_original(pred_net, label[LandmarkKeys.NET_FROM_ORIG]).float(), label[LandmarkKeys.LANDMARKS_ORIG].float()
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from ignite.engine import Engine, Events
 
 from scripts.engines import original_points_transform
+from scripts.heatmap import DEFAULT_DECODE_METHOD
 from scripts.keys import LandmarkKeys
 from scripts.metrics import (
     as_points,
@@ -197,6 +198,8 @@ class EvaluationReportWriter:
         normalised_mm: ``(a, b, length_mm)`` normalisation rule for images without spacing
             (hand: ``(1, 5, 50)``), or None.
         split: name of the evaluated split, stored in the summary.
+        decode_method: decoder of the heatmaps (:func:`scripts.heatmap.decode_heatmaps`; the configs'
+            ``decode_method``), stored in the summary; ``None``: its default, the parabola.
     """
 
     def __init__(
@@ -209,6 +212,7 @@ class EvaluationReportWriter:
         outlier_radius_mm: float = 10.0,
         normalised_mm: Sequence[float] | None = None,
         split: str = "",
+        decode_method: str | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.landmark_names = landmark_names
@@ -216,6 +220,7 @@ class EvaluationReportWriter:
         self.outlier_radius_px256, self.outlier_radius_mm = outlier_radius_px256, outlier_radius_mm
         self.normalised_mm = tuple(normalised_mm) if normalised_mm else None
         self.split = split
+        self.decode_method = decode_method
         self.summary: dict | None = None
         self.logger = logging.getLogger(self.__class__.__name__)
         self._reset(None)
@@ -229,7 +234,7 @@ class EvaluationReportWriter:
         self._pred, self._true, self._hw, self._spacing, self._ids = [], [], [], [], []
 
     def _collect(self, engine: Engine) -> None:
-        pred, true = original_points_transform(engine.state.output)
+        pred, true = original_points_transform(engine.state.output, self.decode_method)
         label = engine.state.output[LandmarkKeys.LABEL]
         self._pred.append(pred.cpu().numpy())
         self._true.append(true.cpu().numpy())
@@ -256,7 +261,8 @@ class EvaluationReportWriter:
         out = self.output_dir
         for table in ("per_point", "per_image", "per_landmark"):
             write_csv(out / f"{table}.csv", report[table])
-        self.summary = {"split": self.split, **report["summary"]}
+        self.summary = {"split": self.split, "decode_method": self.decode_method or DEFAULT_DECODE_METHOD,
+                        **report["summary"]}
         write_json(out / "summary.json", self.summary)
         for unit, errors in report["errors"].items():
             if np.isfinite(errors).any():

@@ -164,10 +164,10 @@ def _gaussian_fit_offset(flat: torch.Tensor, row: torch.Tensor, col: torch.Tenso
 
 
 DECODE_METHODS = ("parabola", "gaussian_fit")
-#: method of :func:`decode_heatmaps` when none is given (validation, evaluation, inference). The window
-#: fit measured 3-5x lower errors than the parabola on noisy Gaussian maps (``benchmarks/decoding.py``),
-#: but it is worse on the bicubically up-sampled stride-4 maps of the hourglass (their log is not a
-#: quadratic), so the parabola stays the default until the real-data ablation decides.
+#: method of :func:`decode_heatmaps` when none is given. The configs choose per model (``decode_method``, used
+#: for validation, evaluation and inference): the window fit measured 3-5x lower errors than the parabola on
+#: noisy Gaussian maps (``benchmarks/decoding.py``) and is ``hand.json``'s choice (on the tuning subset), but it is
+#: worse on the bicubically up-sampled stride-4 maps of the hourglass (their log is not a quadratic).
 DEFAULT_DECODE_METHOD = "parabola"
 
 

@@ -16,7 +16,8 @@ from benchmarks.compare_methods import real_hand_command
 from scripts.utils import bf16_is_fast
 
 #: the recipe settings an ablation row may change, and the rows that change each
-ROW_SETTINGS = ("scn_variant", "lr_schedule", "keep_aspect", "learnable_sigma", "ema_decay", "grad_clip_norm")
+ROW_SETTINGS = ("scn_variant", "lr_schedule", "keep_aspect", "learnable_sigma", "ema_decay", "grad_clip_norm",
+                "decode_method")
 CHANGED = {
     "baseline": set(),
     "schedule": {"lr_schedule"},
@@ -28,6 +29,7 @@ CHANGED = {
     "schedule_fast": {"lr_schedule", "scn_variant"},
     "schedule_fast_ema": {"lr_schedule", "scn_variant", "ema_decay"},
     "schedule_fast_ema_clip": {"lr_schedule", "scn_variant", "ema_decay", "grad_clip_norm"},
+    "schedule_fast_ema_clip_gfit": {"lr_schedule", "scn_variant", "ema_decay", "grad_clip_norm", "decode_method"},
     "combined": set(ROW_SETTINGS),
 }
 
@@ -49,7 +51,7 @@ def test_ablation_row_changes_only_what_it_names(row, tmp_path):
     baseline, config = ablation.row_recipe("baseline", args), ablation.row_recipe(row, args)
     assert baseline["scn_variant"] == "paper" and baseline["lr_schedule"] == "none"
     assert baseline["ema_decay"] == 0.0 and not baseline["keep_aspect"] and not baseline["learnable_sigma"]
-    assert baseline["grad_clip_norm"] == 0.0
+    assert baseline["grad_clip_norm"] == 0.0 and baseline["decode_method"] == "parabola"
     changed = {key for key in real_hand.RECIPE_KEYS if config[key] != baseline[key]}
     assert changed == CHANGED[row], f"{row}: changes {sorted(changed)}"
     # every row trains at hand.json's rate and grid, for the budget given
@@ -59,8 +61,8 @@ def test_ablation_row_changes_only_what_it_names(row, tmp_path):
 
 def test_the_row_named_the_hand_default_is_what_real_hand_trains_by_default(tmp_path):
     default_rows = [row for row, (change, _) in ablation.ROWS.items() if "hand.json default" in change]
-    assert default_rows == ["schedule_fast_ema_clip"]
-    settings = {**ablation.BASELINE, **ablation.ROWS["schedule_fast_ema_clip"][1]}
+    assert default_rows == ["schedule_fast_ema_clip_gfit"]
+    settings = {**ablation.BASELINE, **ablation.ROWS["schedule_fast_ema_clip_gfit"][1]}
     recipe = _command_recipe([], tmp_path)
     assert {key: recipe[key] for key in ROW_SETTINGS} == settings
 
@@ -74,7 +76,7 @@ def test_method_comparison_trains_every_method_at_one_rate(tmp_path):
     cmd = real_hand_command("scn", "../shared/data/hand-ipilab", 8.0, "configs/hand.json", tmp_path, 0, None, [])
     recipe = _command_recipe(cmd[2:], tmp_path)
     assert recipe["learning_rate"] == pytest.approx(1e-4) and recipe["ema_decay"] == 0.0
-    assert recipe["grad_clip_norm"] == 0.0
+    assert recipe["grad_clip_norm"] == 0.0 and recipe["decode_method"] == "parabola"
 
 
 def _seed_summary(row: str, seed: int, ipe: float, tmp_path) -> str:
@@ -136,3 +138,43 @@ def test_machine_description_names_the_cpu_and_bf16():
     described = machine.describe("cpu")
     assert described["cpu"] and described["cpu_count"] >= 1 and described["threads"] >= 1
     assert described["bf16_is_fast"] == bf16_is_fast("cpu")
+
+
+def test_real_hand_reports_the_configured_decoder_first_then_the_others_for_the_record():
+    assert real_hand.evaluation_variants("valid", "gaussian_fit", True) == [
+        ("valid", "gaussian_fit", True), ("valid_parabola", "parabola", True), ("valid_no_tta", "gaussian_fit", False)]
+    assert real_hand.evaluation_variants("valid", "parabola", False) == [
+        ("valid", "parabola", False), ("valid_gaussian_fit", "gaussian_fit", False)]
+
+
+def test_runs_recorded_before_the_decoder_key_merge_as_the_parabola(tmp_path):
+    first, second = (json.loads(Path(_seed_summary("schedule_fast_ema", seed, 1.0, tmp_path)).read_text())
+                     for seed in (0, 1))
+    for summary in (first, second):
+        del summary["runs"][0]["recipe"]["decode_method"]
+    assert real_hand.merge_summaries([first, second])["recipe"]["decode_method"] == "parabola"
+    gfit = json.loads(Path(_seed_summary("schedule_fast_ema_clip_gfit", 2, 1.0, tmp_path)).read_text())
+    clip = json.loads(Path(_seed_summary("schedule_fast_ema_clip", 3, 1.0, tmp_path)).read_text())
+    with pytest.raises(ValueError, match="decode_method"):
+        real_hand.merge_summaries([clip, gfit])
+
+
+def test_real_hand_trains_selects_and_reports_with_the_configured_decoder_and_tta(tmp_path):
+    """A real (tiny) real_hand.py run on demo hands: the report of ``valid`` is decoded as hand.json says, with
+    test-time augmentation, and the other decoder and the run without TTA are evaluated beside it."""
+    from scripts.data.synthetic import generate_demo_dataset
+
+    data = generate_demo_dataset(tmp_path / "hand", kind="hand", num_train=24, num_valid=2, seed=3)
+    summary = real_hand.main(["--dataset_dir", str(data), "--budget-minutes", "0.2", "--seeds", "0", "--tta",
+                              "--num-filters", "8", "--report-minutes", "0.2", "--out", str(tmp_path / "out"),
+                              "--override", "spatial_size=[64, 64]", "--override", "amp=false",
+                              "--override", "reference_image_file=null"])
+    run = summary["runs"][0]
+    assert run["tta"] is True and run["recipe"]["decode_method"] == "gaussian_fit" and run["num_tune"] >= 1
+    assert set(run["splits"]) == {"valid", "valid_parabola", "valid_no_tta"}
+    reports = {name: json.loads((tmp_path / "out" / "seed0" / "eval" / name / "summary.json").read_text())
+               for name in run["splits"]}
+    assert {name: r["decode_method"] for name, r in reports.items()} == {
+        "valid": "gaussian_fit", "valid_parabola": "parabola", "valid_no_tta": "gaussian_fit"}
+    assert reports["valid"]["mean_px"] != reports["valid_no_tta"]["mean_px"]  # TTA changed the points
+    assert summary["over_seeds"]["valid"]["ipe_px256"]["values"] == [reports["valid"]["ipe_px256"]]

@@ -114,7 +114,7 @@ def test_adversarial_overlay_extends_train_json_and_takes_validate_overrides(tmp
     """The overlay keeps train.json's handlers as a list of dicts (what ``check_properties`` reads), adds
     its imports to train.json's, and a ``validate#...`` override reaches the evaluator."""
     text = (CONFIGS / "adversarial.json").read_text()
-    assert len(text.splitlines()) <= 90 and "%configs/" not in text
+    assert len(text.splitlines()) <= 95 and "%configs/" not in text
     base = json.loads((CONFIGS / "train.json").read_text())
     merged = ConfigParser.load_config_files(configs("train.json", "adversarial.json"))
     assert merged["imports"][: len(base["imports"])] == base["imports"]
@@ -152,6 +152,39 @@ def test_evaluate_combination_writes_the_report(tmp_path, hand_data, checkpoint)
         wf.finalize()
     summary = json.loads((eval_dir / "summary.json").read_text())
     assert summary["split"] == "valid" and summary["num_images"] == 1 and summary["num_landmarks"] == 37
+
+
+def test_decode_method_decodes_validation_the_report_and_inference(tmp_path, hand_data, checkpoint):
+    """``decode_method`` is one key for every decoding of a config set: hand.json's Gaussian fit reaches the
+    validation metrics, the evaluation report and inference; the report of one checkpoint changes with it."""
+    for names, key in ((("train.json", "hand.json"), "validate#key_metric#val_mean_error_px#output_transform"),
+                       (("train.json", "hand.json"), "validate#additional_metrics#val_mean_error_orig_px#output_transform"),
+                       (("train.json", "hand.json", "adversarial.json"), "validate#key_metric#val_mean_error_px#output_transform")):
+        parser = ConfigParser()
+        parser.read_config(configs(*names))
+        expected = "parabola" if "adversarial.json" in names else "gaussian_fit"
+        assert parser.get_parsed_content(key).keywords == {"method": expected}, (names, key)
+    parser = ConfigParser()
+    parser.read_config(configs("inference.json", "hand.json"))
+    decode = parser.get_parsed_content("postprocessing").transforms[0]
+    assert type(decode).__name__ == "DecodeLandmarksd" and decode.decoder.method == "gaussian_fit"
+
+    reports = {}
+    for method in ("parabola", "gaussian_fit"):
+        eval_dir = tmp_path / method
+        wf = workflow(configs("train.json", "evaluate.json"), "train", **SMALL, dataset_dir=str(hand_data),
+                      ckpt_path=str(checkpoint), output_dir=str(tmp_path / "runs"), eval_dir=str(eval_dir),
+                      split="valid", decode_method=method)
+        wf.initialize()
+        try:
+            assert wf.parser.get_parsed_content("validate#handlers")[-1].decode_method == method
+            wf.run()
+        finally:
+            wf.finalize()
+        reports[method] = json.loads((eval_dir / "summary.json").read_text())
+        assert reports[method]["decode_method"] == method
+    assert reports["parabola"]["mean_px"] != reports["gaussian_fit"]["mean_px"]
+    assert (tmp_path / "parabola" / "per_point.csv").read_text() != (tmp_path / "gaussian_fit" / "per_point.csv").read_text()
 
 
 @pytest.mark.parametrize("overlay", [None, "lower_limb.json"])

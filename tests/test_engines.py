@@ -13,7 +13,7 @@ from ignite.engine import Events
 import scripts.engines as engines
 from scripts.coords import resize_matrix
 from scripts.engines import AdversarialLandmarkTrainer, heatmap_to_network_points, network_to_heatmap_points
-from scripts.heatmap import gaussian_heatmaps
+from scripts.heatmap import decode_heatmaps, gaussian_heatmaps, points_to_original
 from scripts.losses import HeatmapLoss, generator_adversarial_loss, normalise_heatmaps_for_discriminator
 from scripts.networks import ConfidenceDiscriminator, PoseDiscriminator, SpatialConfigurationNet, StackedHourglass
 
@@ -25,7 +25,7 @@ def test_validation_transforms_decode_each_output_once(monkeypatch):
     output = {"pred": heatmaps, "label": {"landmarks": points, "landmarks_orig": points * 2, "net_from_orig": matrix}}
     calls = []
     decode = engines.decode_batch_points
-    monkeypatch.setattr(engines, "decode_batch_points", lambda h: calls.append(1) or decode(h))
+    monkeypatch.setattr(engines, "decode_batch_points", lambda h, method=None: calls.append(method) or decode(h, method))
 
     pred_net, true_net = engines.network_points_transform(output)
     pred_orig, _ = engines.original_points_transform(output)
@@ -37,6 +37,16 @@ def test_validation_transforms_decode_each_output_once(monkeypatch):
     # a new output (the next iteration) is decoded again
     engines.network_points_transform({**output, "pred": heatmaps.clone()})
     assert len(calls) == 2
+    # so is the same output with another decoder, and the report then reads that decoder's points
+    noisy = heatmaps + torch.rand(heatmaps.shape, generator=torch.Generator().manual_seed(0))
+    output["pred"] = noisy
+    fit, _ = engines.network_points_transform(output, "gaussian_fit")
+    fit_orig, _ = engines.original_points_transform(output, "gaussian_fit")
+    parabola, _ = engines.network_points_transform(output, "parabola")
+    assert calls[2:] == ["gaussian_fit", "parabola"]
+    assert torch.equal(fit, decode_heatmaps(noisy, "gaussian_fit")[0])
+    assert torch.equal(parabola, decode_heatmaps(noisy, "parabola")[0]) and not torch.equal(fit, parabola)
+    assert torch.allclose(fit_orig, points_to_original(fit, matrix).float())
 
 
 K = 3

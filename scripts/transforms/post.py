@@ -23,7 +23,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from scripts.heatmap import decode_heatmaps, points_to_mm, points_to_original
+from scripts.heatmap import DECODE_METHODS, decode_heatmaps, points_to_mm, points_to_original
 from scripts.writers import LandmarkResult, landmark_label_image, landmarks_document
 
 __all__ = [
@@ -42,12 +42,17 @@ class DecodeLandmarks(Transform):
     Args:
         gamma: height of the target Gaussians in training; the confidence is ``peak / gamma`` clipped
             to ``[0, 1]``.
+        method: sub-pixel refinement of :func:`scripts.heatmap.decode_heatmaps` (``"parabola"`` or
+            ``"gaussian_fit"``; the configs' ``decode_method``); ``None``: its default, the parabola.
     """
 
-    def __init__(self, gamma: float = 100.0) -> None:
+    def __init__(self, gamma: float = 100.0, method: str | None = None) -> None:
         if not gamma > 0:
             raise ValueError(f"gamma must be positive, got {gamma}.")
+        if method is not None and method not in DECODE_METHODS:
+            raise ValueError(f"{type(self).__name__}: method must be one of {DECODE_METHODS}, got {method!r}.")
         self.gamma = float(gamma)
+        self.method = method
 
     def __call__(self, heatmaps) -> tuple[np.ndarray, np.ndarray]:
         """``heatmaps`` ``(N, H, W)`` tensor or array -> ``(points (N, 2) float32 (x, y) heatmap px,
@@ -55,7 +60,7 @@ class DecodeLandmarks(Transform):
         hm = torch.as_tensor(heatmaps.as_tensor() if hasattr(heatmaps, "as_tensor") else heatmaps)
         if hm.ndim != 3:
             raise ValueError(f"{type(self).__name__}: expected heatmaps (N, H, W), got shape {tuple(hm.shape)}.")
-        points, peak = decode_heatmaps(hm.detach().float()[None])
+        points, peak = decode_heatmaps(hm.detach().float()[None], self.method)
         confidence = (peak[0] / self.gamma).clamp(0.0, 1.0)
         return points[0].cpu().numpy().astype(np.float32), confidence.cpu().numpy().astype(np.float32)
 
@@ -64,7 +69,7 @@ class DecodeLandmarksd(MapTransform):
     """Dictionary version of :class:`DecodeLandmarks`.
 
     Reads the heatmaps ``d[key]`` ``(N, H, W)`` and writes ``d[points_key]`` ``(N, 2)`` network pixels
-    and ``d[confidence_key]`` ``(N,)``.
+    and ``d[confidence_key]`` ``(N,)``, decoded with ``method`` (see :class:`DecodeLandmarks`).
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class DecodeLandmarksd(MapTransform):
         points_key: str = "pred_landmarks",
         confidence_key: str = "pred_confidence",
         gamma: float = 100.0,
+        method: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -80,7 +86,7 @@ class DecodeLandmarksd(MapTransform):
             raise ValueError(f"{type(self).__name__}: exactly one heatmap key, got {self.keys}.")
         self.points_key = points_key
         self.confidence_key = confidence_key
-        self.decoder = DecodeLandmarks(gamma)
+        self.decoder = DecodeLandmarks(gamma, method)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
