@@ -152,6 +152,7 @@ class FolderInference(Evaluator):
         loader = DataLoader(
             FailureIsolatingDataset(dataset), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
             collate_fn=collate_as_list, prefetch_factor=2 if self.num_workers else None,
+            worker_init_fn=_reader_process_setup,
         )
         super().__init__(device=torch.device(device), val_data_loader=loader, decollate=False, mode="eval")
         self.writer = writer
@@ -426,15 +427,27 @@ class FolderInference(Evaluator):
 _WRITER: FolderInference | None = None
 
 
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this (child) process when the process that started it dies (Linux; elsewhere
+    nothing), so that a runner killed with SIGKILL leaves no orphans: a ``DataLoader`` worker blocked writing to
+    the dead runner's full pipe would otherwise wait forever."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _reader_process_setup(worker_id: int) -> None:
+    """``worker_init_fn`` of the reading ``DataLoader`` workers: die with the runner."""
+    _die_with_parent()
+
+
 def _writer_process_setup() -> None:
     """In a writer process: keep what was inherited (never freed here), die with the runner (Linux), one
     torch thread (the runner's threads run the network)."""
     gc.freeze()
     torch.set_num_threads(1)
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    _die_with_parent()
 
 
 def _finish_in_writer(sample: dict, heatmaps: torch.Tensor, image_id: str, source: str) -> tuple[str, str] | None:

@@ -47,6 +47,25 @@ def _cli(inp: Path, out: Path, ckpt: Path, *extra: str) -> list[str]:
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
+def _child_pids(pid: int) -> list[int]:
+    """The children of process ``pid`` (Linux ``/proc``), started by any of its threads."""
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
+def _alive(pids: list[int]) -> list[int]:
+    """Those of ``pids`` that still run (not gone, not a zombie waiting to be reaped)."""
+    alive = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            alive.append(pid)
+    return alive
+
+
 def _pngs(folder: Path, count: int, hw=(48, 40)) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     names = []
@@ -126,8 +145,9 @@ def _fresh_json(folder: Path, since_ns: int) -> list[Path]:
 
 
 def test_kill_during_a_run_then_rerun_gives_consistent_outputs(tmp_path, checkpoint):
-    """A run into an OUT of an earlier run with other weights is killed (SIGKILL) half-way: no stale
-    landmarks.csv is left beside the new JSON files; the rerun's outputs equal those of a clean run."""
+    """A run into an OUT of an earlier run with other weights is killed (SIGKILL) half-way: none of its worker or
+    writer processes lives on, no stale landmarks.csv is left beside the new JSON files; the rerun's outputs equal
+    those of a clean run."""
     inp = tmp_path / "in"
     names = _pngs(inp, 30, hw=(96, 80))
     other = tmp_path / "other.pt"
@@ -148,11 +168,17 @@ def test_kill_during_a_run_then_rerun_gives_consistent_outputs(tmp_path, checkpo
             if len(fresh) >= 3:
                 break
             time.sleep(0.005)
+        children = _child_pids(proc.pid)  # its DataLoader workers and writer processes
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert children, "the run had started no worker or writer process"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(children):
+        time.sleep(0.1)
+    assert not _alive(children), f"processes of the killed run live on: {_alive(children)}"
     fresh = _fresh_json(out / "landmarks", start)
     assert 3 <= len(fresh) < 30, "the kill did not come half-way through the run"
     assert not (out / "landmarks.csv").exists()  # the earlier run's table is not left beside new JSON

@@ -62,6 +62,7 @@ def test_training_and_evaluation_write_mlflow_runs(tmp_path):
     model = tmp_path / "models" / "model.pt"
     assert evaluation.data.params["checkpoint_sha256"] == file_sha256(model)
     assert evaluation.data.params["split"] == "valid"
+    assert evaluation.data.params["decode_method"] == "parabola" and evaluation.data.params["tta"] == "False"
     evaluated = evaluation.data.metrics["val_mean_error_px"]
     assert evaluated == pytest.approx(validation[0].value, rel=1e-5)  # same weights, same images
 
