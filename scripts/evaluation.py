@@ -17,7 +17,7 @@ import numpy as np
 from ignite.engine import Engine, Events
 
 from scripts.engines import original_points_transform
-from scripts.heatmap import DEFAULT_DECODE_METHOD
+from scripts.heatmap import resolve_decode_method
 from scripts.keys import LandmarkKeys
 from scripts.metrics import (
     as_points,
@@ -220,7 +220,7 @@ class EvaluationReportWriter:
         self.outlier_radius_px256, self.outlier_radius_mm = outlier_radius_px256, outlier_radius_mm
         self.normalised_mm = tuple(normalised_mm) if normalised_mm else None
         self.split = split
-        self.decode_method = decode_method
+        self.decode_method = resolve_decode_method(decode_method)
         self.summary: dict | None = None
         self.logger = logging.getLogger(self.__class__.__name__)
         self._reset(None)
@@ -261,7 +261,7 @@ class EvaluationReportWriter:
         out = self.output_dir
         for table in ("per_point", "per_image", "per_landmark"):
             write_csv(out / f"{table}.csv", report[table])
-        self.summary = {"split": self.split, "decode_method": self.decode_method or DEFAULT_DECODE_METHOD,
+        self.summary = {"split": self.split, "decode_method": self.decode_method,
                         **report["summary"]}
         write_json(out / "summary.json", self.summary)
         for unit, errors in report["errors"].items():

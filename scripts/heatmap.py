@@ -29,6 +29,7 @@ __all__ = [
     "landmark_mask",
     "DECODE_METHODS",
     "DEFAULT_DECODE_METHOD",
+    "resolve_decode_method",
     "decode_heatmaps",
     "decode_heatmaps_to_original",
     "points_to_original",
@@ -171,6 +172,14 @@ DECODE_METHODS = ("parabola", "gaussian_fit")
 DEFAULT_DECODE_METHOD = "parabola"
 
 
+def resolve_decode_method(method: str | None) -> str:
+    """``method`` checked against :data:`DECODE_METHODS`; ``None``: :data:`DEFAULT_DECODE_METHOD`."""
+    method = DEFAULT_DECODE_METHOD if method is None else method
+    if method not in DECODE_METHODS:
+        raise ValueError(f"decode method must be one of {DECODE_METHODS}, got {method!r}.")
+    return method
+
+
 def decode_heatmaps(heatmaps: torch.Tensor, method: str | None = None, window: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     """Sub-pixel maximum of every heatmap.
 
@@ -193,9 +202,7 @@ def decode_heatmaps(heatmaps: torch.Tensor, method: str | None = None, window: i
     """
     if heatmaps.ndim != 4:
         raise ValueError(f"heatmaps must have shape (B, N, H, W), got {tuple(heatmaps.shape)}.")
-    method = DEFAULT_DECODE_METHOD if method is None else method
-    if method not in DECODE_METHODS:
-        raise ValueError(f"decode_heatmaps: method must be one of {DECODE_METHODS}, got {method!r}.")
+    method = resolve_decode_method(method)
     if int(window) != window or window < 3 or window % 2 == 0:
         raise ValueError(f"decode_heatmaps: window must be an odd integer >= 3, got {window!r}.")
     hm = heatmaps if heatmaps.is_floating_point() else heatmaps.float()

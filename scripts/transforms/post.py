@@ -23,7 +23,7 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from scripts.heatmap import DECODE_METHODS, decode_heatmaps, points_to_mm, points_to_original
+from scripts.heatmap import decode_heatmaps, points_to_mm, points_to_original, resolve_decode_method
 from scripts.writers import LandmarkResult, landmark_label_image, landmarks_document
 
 __all__ = [
@@ -49,10 +49,8 @@ class DecodeLandmarks(Transform):
     def __init__(self, gamma: float = 100.0, method: str | None = None) -> None:
         if not gamma > 0:
             raise ValueError(f"gamma must be positive, got {gamma}.")
-        if method is not None and method not in DECODE_METHODS:
-            raise ValueError(f"{type(self).__name__}: method must be one of {DECODE_METHODS}, got {method!r}.")
         self.gamma = float(gamma)
-        self.method = method
+        self.method = resolve_decode_method(method)
 
     def __call__(self, heatmaps) -> tuple[np.ndarray, np.ndarray]:
         """``heatmaps`` ``(N, H, W)`` tensor or array -> ``(points (N, 2) float32 (x, y) heatmap px,
