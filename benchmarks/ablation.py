@@ -12,6 +12,7 @@ Run each row alone on the machine (a run beside another job gets about half the 
     python benchmarks/ablation.py --run baseline        # runs one row (then the next, in any order or session)
     python benchmarks/ablation.py --table               # markdown table of the rows found under --out
     python benchmarks/ablation.py --collect ROW A/summary.json B/summary.json   # seeds run one at a time
+    python benchmarks/ablation.py --budget-minutes 10 --out bench_out/ablation10 --run baseline   # the short table
 
 A row's results are ``<out>/<row>/summary.json``; a missing row shows "not run".
 """

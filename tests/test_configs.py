@@ -278,6 +278,17 @@ def test_linear_decay_beside_the_default_cosine_schedule_is_refused(tmp_path, ha
     workflow(configs("train.json"), "train", **overrides, lr_schedule="none").initialize()  # the way out works
 
 
+def test_unknown_decode_method_is_refused_before_training(tmp_path, hand_data):
+    # validation is the first user of the decoder (after a whole epoch): the name is checked at start instead
+    overrides = dict(dataset_dir=str(hand_data), ckpt_dir=str(tmp_path), output_dir=str(tmp_path / "out"))
+    wf = workflow(configs("train.json"), "train", **overrides, decode_method="gausian_fit")
+    with pytest.raises(RuntimeError) as raised:
+        wf.initialize()
+    assert "got 'gausian_fit'" in str(raised.value.__cause__) and "gaussian_fit" in str(raised.value.__cause__)
+    assert list(tmp_path.iterdir()) == []  # stopped before anything ran
+    workflow(configs("train.json"), "train", **overrides, decode_method="gaussian_fit").initialize()
+
+
 def test_old_adversarial_config_prints_the_overlay_command(tmp_path):
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train_adversarial.json",
                "--ckpt_dir", str(tmp_path)]
