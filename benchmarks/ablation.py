@@ -37,7 +37,7 @@ HAND_LR = 3e-4
 #: the gradient-norm threshold of the clipping rows (hand.json's): about the median total norm of the fast SCN on the
 #: real hands (1.5-2.4e7 per epoch), chosen over 5e7 on the tuning subset
 CLIP_NORM = 2e7
-#: the settings of the hand.json recipe, in the order they were adopted
+#: the settings of the hand.json recipe, in the order the combination rows add them (see _recipe_up_to)
 _RECIPE = {"learning_rate": HAND_LR, "lr_schedule": "cosine", "scn_variant": "fast", "ema_decay": 0.999,
            "grad_clip_norm": CLIP_NORM, "decode_method": "gaussian_fit"}
 
