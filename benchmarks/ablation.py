@@ -13,6 +13,11 @@ Run each row alone on the machine (a run beside another job gets about half the 
     python benchmarks/ablation.py --table               # markdown table of the rows found under --out
     python benchmarks/ablation.py --collect ROW A/summary.json B/summary.json   # seeds run one at a time
     python benchmarks/ablation.py --budget-minutes 10 --out bench_out/ablation10 --run baseline   # the short table
+    python benchmarks/ablation.py --budget-epochs 30 --out bench_out/ablation_e30 --run baseline   # equal iterations
+
+A budget in minutes measures accuracy per CPU-minute, the issue's measure, but on a CPU shared with other machines the
+same minutes buy another number of steps from one hour to the next; ``--budget-epochs`` gives every row the same steps
+(the schedule runs over them), so rows compare per step, independent of the machine's speed.
 
 A row's results are ``<out>/<row>/summary.json``; a missing row shows "not run".
 """
@@ -77,10 +82,17 @@ def row_arguments(row: str) -> str:
     return shlex.join(words)
 
 
+def budget_arguments(args) -> str:
+    """``--budget-epochs N`` where given, else ``--budget-minutes M``."""
+    if args.budget_epochs is not None:
+        return f"--budget-epochs {args.budget_epochs:d}"
+    return f"--budget-minutes {args.budget_minutes:g}"
+
+
 def command(row: str, args) -> str:
     extra = row_arguments(row)
     return (f"python benchmarks/real_hand.py --dataset_dir {shlex.quote(args.dataset_dir)} "
-            f"--budget-minutes {args.budget_minutes:g} --seeds {args.seeds} {extra} "
+            f"{budget_arguments(args)} --seeds {args.seeds} {extra} "
             f"--out {shlex.quote(str(Path(args.out) / row))}")
 
 
@@ -108,7 +120,7 @@ def collect(row: str, summary_files: list[str], args) -> Path:
     expected = row_recipe(row, args)
     changed = {k: (expected[k], merged["recipe"][k]) for k in expected if merged["recipe"][k] != expected[k]}
     if changed:
-        raise SystemExit(f"the runs are not row {row!r} at --budget-minutes {args.budget_minutes:g} "
+        raise SystemExit(f"the runs are not row {row!r} at {budget_arguments(args)} "
                          f"(row -> runs): {changed}")
     target = Path(args.out) / row / "summary.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +160,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", default="../shared/data/hand-ipilab")
     p.add_argument("--budget-minutes", type=float, default=60.0)
+    p.add_argument("--budget-epochs", type=int, default=None, help="epochs per seed instead of --budget-minutes")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--out", default="bench_out/ablation")
     p.add_argument("--run", choices=sorted(ROWS), help="run this row now (alone on the machine)")

@@ -12,7 +12,9 @@ The budget is a first-class training option: ``--budget-minutes`` sets the confi
 (minus the time spent before the trainer starts, e.g. caching), and ``--lr-schedule`` (default
 ``cosine``, after a linear warm-up) is driven by the elapsed fraction of it, so every run ends with
 a finished schedule (``scripts.handlers.BudgetLrSchedule``). Configs without that handler
-stop at the last epoch end that fits, as before.
+stop at the last epoch end that fits, as before. ``--budget-epochs`` trains a fixed number of epochs instead (the
+schedule then runs over the iterations): recipes compared that way get the same steps whatever the machine's speed,
+which a budget in minutes on a shared CPU does not give them.
 
 Configs: ``configs/train.json``, then the data overlay (``--data-overlay``, default ``configs/hand.json``),
 then the method overlays (``--overlay configs/adversarial.json`` for Adversarial PoseNet); evaluation
@@ -71,6 +73,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", default=str(ROOT.parent / "shared" / "data" / "hand-ipilab"))
     p.add_argument("--budget-minutes", type=float, default=60.0, help="wall-clock budget per seed (training)")
+    p.add_argument("--budget-epochs", type=int, default=None,
+                   help="train this many epochs per seed instead of a wall-clock budget (equal iterations per recipe)")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds, one run each (>= 2 for a spread)")
     p.add_argument("--tune-fraction", type=float, default=0.11,
                    help="fraction of train held out for checkpoint selection (0.11: 10 of 91)")
@@ -97,6 +101,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.preset is not None:
         p.error(f"--preset was removed: use --data-overlay configs/{args.preset}.json (none for demo_hand)")
+    if args.budget_epochs is not None:
+        if args.budget_epochs < 1:
+            p.error(f"--budget-epochs must be at least 1, got {args.budget_epochs}")
+        args.budget_minutes = None  # no wall-clock budget
     if args.config is not None:
         p.error("--config was removed: configs/train.json is always first; add method overlays with --overlay, "
                 "e.g. --overlay configs/adversarial.json (for configs/train_adversarial.json)")
@@ -116,7 +124,8 @@ def main(argv=None) -> dict:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = Path(args.out).resolve()
     runs = [run_seed(args, seed, out / f"seed{seed}") for seed in seeds]
-    summary = {"config": config_files(args), "budget_minutes": args.budget_minutes, "tune_fraction": args.tune_fraction,
+    summary = {"config": config_files(args), "budget_minutes": args.budget_minutes,
+               "budget_epochs": args.budget_epochs, "tune_fraction": args.tune_fraction,
                "seeds": seeds, "runs": runs, "over_seeds": aggregate(runs)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -133,10 +142,10 @@ def main(argv=None) -> dict:
 
 #: config keys that make up a training recipe: runs merged into one summary must agree on all of them
 RECIPE_KEYS = ("scn_variant", "spatial_size", "keep_aspect", "sigma", "learnable_sigma", "num_filters", "batch_size",
-               "learning_rate", "lr_schedule", "warmup_fraction", "max_minutes", "tune_fraction", "ema_decay",
-               "grad_clip_norm", "decode_method")
+               "learning_rate", "lr_schedule", "warmup_fraction", "max_minutes", "max_epochs", "tune_fraction",
+               "ema_decay", "grad_clip_norm", "decode_method")
 #: recipe keys added after runs were recorded, with the value every earlier run had
-RECIPE_DEFAULTS = {"decode_method": "parabola"}
+RECIPE_DEFAULTS = {"decode_method": "parabola", "max_epochs": 100000}
 
 
 def parser_recipe(parser) -> dict:
@@ -180,7 +189,8 @@ def merge_summaries(summaries: list[dict]) -> dict:
     if len(machines) > 1:
         raise ValueError(f"the seeds ran on different machines, so their iterations per minute differ: {sorted(machines)}")
     first = summaries[0]
-    return {"config": first["config"], "budget_minutes": first["budget_minutes"], "tune_fraction": first["tune_fraction"],
+    return {"config": first["config"], "budget_minutes": first["budget_minutes"],
+            "budget_epochs": first.get("budget_epochs"), "tune_fraction": first["tune_fraction"],
             "seeds": seeds, "runs": runs, "over_seeds": aggregate(runs), "recipe": recipes[0]}
 
 
@@ -205,7 +215,8 @@ def training_overrides(args, seed: int, out: Path) -> dict:
         "ckpt_dir": str(out / "models"),
         "output_dir": str(out / "runs"),
         "num_filters": args.num_filters,
-        "max_epochs": 100000,
+        # a wall-clock budget ends the run (max_epochs only bounds it), or a number of epochs does
+        "max_epochs": args.budget_epochs or 100000,
         "val_interval": args.val_interval,
         "tune_fraction": args.tune_fraction,
         "max_minutes": args.budget_minutes,
@@ -237,18 +248,18 @@ def run_seed(args, seed: int, out: Path) -> dict:
     optimizer = train.parser.get_parsed_content("optimizer")
     num_tune = len(train.parser.get_parsed_content("validate#dataset#data"))
 
-    budget_s = args.budget_minutes * 60.0
+    budget_s = None if args.budget_minutes is None else args.budget_minutes * 60.0
     schedule = train.parser.get_parsed_content("budget_schedule") if "budget_schedule" in train.parser else None
     attached = schedule is not None and any(
         getattr(h, "__self__", None) is schedule for h, *_ in trainer._event_handlers[Events.ITERATION_COMPLETED])
-    if attached:
+    if attached and budget_s is not None:
         # the budget covers this whole run: what was spent before the trainer starts (caching) counts too
         schedule.budget_s = budget_s - (time.perf_counter() - script_start)
     curve: list[dict] = []
     start = time.perf_counter()
     epoch_start = [start]
 
-    if not attached:
+    if not attached and budget_s is not None:
         @trainer.on(Events.EPOCH_COMPLETED)
         def stop_within_budget(engine):
             # after this epoch's validation: stop if another epoch would overrun the budget
@@ -280,7 +291,7 @@ def run_seed(args, seed: int, out: Path) -> dict:
     for minutes in (float(m) for m in args.report_minutes.split(",")):
         reached = [c for c in curve if c["minutes"] <= minutes]
         # the run's own budget counts as reached: training ends a few seconds short of it (setup is inside it)
-        if reached and minutes <= max(train_minutes, args.budget_minutes) + 1e-6:
+        if reached and minutes <= max(train_minutes, args.budget_minutes or 0.0) + 1e-6:
             best = min(reached, key=lambda c: c["tune_mean_error_net_px"])
             budgets.append({"budget_minutes": minutes, **best})
     write_csv(out / "budgets.csv", budgets)

@@ -97,9 +97,24 @@ def _seed_summary(row: str, seed: int, ipe: float, tmp_path) -> str:
     return str(path)
 
 
-def _ablation_args(tmp_path) -> argparse.Namespace:
+def _ablation_args(tmp_path, budget_epochs=None) -> argparse.Namespace:
     return argparse.Namespace(dataset_dir="../shared/data/hand-ipilab", budget_minutes=60.0, seeds="0,1",
-                              out=str(tmp_path / "ablation"))
+                              out=str(tmp_path / "ablation"), budget_epochs=budget_epochs)
+
+
+def test_an_ablation_in_epochs_trains_every_row_for_those_epochs_without_a_clock(tmp_path):
+    args = _ablation_args(tmp_path, budget_epochs=30)
+    for row in ("baseline", "schedule_fast"):
+        words = shlex.split(ablation.command(row, args))
+        assert "--budget-epochs" in words and "--budget-minutes" not in words
+        config = ablation.row_recipe(row, args)
+        assert config["max_epochs"] == 30 and config["max_minutes"] is None
+    # seeds trained for 60 minutes are not that row
+    first = _seed_summary("schedule_fast", 0, 1.0, tmp_path)
+    with pytest.raises(SystemExit, match="max_epochs"):
+        ablation.collect("schedule_fast", [first], args)
+    with pytest.raises(SystemExit):
+        real_hand.parse_args(["--budget-epochs", "0"])
 
 
 def test_seeds_run_separately_are_collected_into_their_row(tmp_path):
@@ -182,3 +197,24 @@ def test_real_hand_trains_selects_and_reports_with_the_configured_decoder_and_tt
         "valid": "gaussian_fit", "valid_parabola": "parabola", "valid_no_tta": "gaussian_fit"}
     assert reports["valid"]["mean_px"] != reports["valid_no_tta"]["mean_px"]  # TTA changed the points
     assert summary["over_seeds"]["valid"]["ipe_px256"]["values"] == [reports["valid"]["ipe_px256"]]
+
+
+def test_real_hand_in_epochs_trains_exactly_that_many_and_finishes_its_schedule(tmp_path):
+    """A real (tiny) run with ``--budget-epochs``: the trainer stops after those epochs, not on a clock, and the
+    cosine schedule, driven by the iterations, has decayed to ~0 by the last one."""
+    from scripts.data.synthetic import generate_demo_dataset
+
+    data = generate_demo_dataset(tmp_path / "hand", kind="hand", num_train=12, num_valid=1, seed=4)
+    summary = real_hand.main(["--dataset_dir", str(data), "--budget-epochs", "3", "--seeds", "0",
+                              "--num-filters", "8", "--out", str(tmp_path / "out"),
+                              "--override", "spatial_size=[64, 64]", "--override", "amp=false",
+                              "--override", "reference_image_file=null"])
+    run = summary["runs"][0]
+    assert summary["budget_epochs"] == 3 and summary["budget_minutes"] is None
+    assert run["epochs"] == 3 and not run["ended_by_budget_schedule"]
+    assert run["recipe"]["max_epochs"] == 3 and run["recipe"]["max_minutes"] is None
+    curve = (tmp_path / "out" / "seed0" / "learning_curve.csv").read_text().splitlines()
+    rows = [dict(zip(curve[0].split(","), line.split(","))) for line in curve[1:]]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert int(rows[-1]["iteration"]) == run["iterations"] and run["iterations"] % 3 == 0
+    assert float(rows[-1]["lr"]) < 0.1 * float(rows[0]["lr"])
