@@ -143,9 +143,9 @@ def main(argv=None) -> dict:
 #: config keys that make up a training recipe: runs merged into one summary must agree on all of them
 RECIPE_KEYS = ("scn_variant", "spatial_size", "keep_aspect", "sigma", "learnable_sigma", "num_filters", "batch_size",
                "learning_rate", "lr_schedule", "warmup_fraction", "max_minutes", "max_epochs", "tune_fraction",
-               "ema_decay", "grad_clip_norm", "decode_method")
+               "ema_decay", "ema_warmup", "grad_clip_norm", "decode_method")
 #: recipe keys added after runs were recorded, with the value every earlier run had
-RECIPE_DEFAULTS = {"decode_method": "parabola", "max_epochs": 100000}
+RECIPE_DEFAULTS = {"decode_method": "parabola", "max_epochs": 100000, "ema_warmup": False}
 
 
 def parser_recipe(parser) -> dict:

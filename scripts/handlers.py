@@ -426,18 +426,31 @@ class WeightEMA:
     ``decay`` 0 switches it off: :attr:`eval_network` is then the network, nothing is copied or updated, and
     :meth:`state_dict` is empty.
 
+    With ``warmup`` the decay of the update after ``n`` earlier ones is ``min(decay, (1 + n) / (10 + n))``
+    (the ramp of TensorFlow's ``ExponentialMovingAverage`` with ``num_updates``): early on the average follows
+    the network closely instead of keeping the initial weights, and from ``n = (10 * decay - 1) / (1 - decay)``
+    (8,990 updates at 0.999) on it is the plain average. It matters for runs not much longer than the
+    average's span; ``n_averaged`` is in :meth:`state_dict`, so a resumed run continues the ramp.
+
     Args:
         network: the trained network (a ``DistributedDataParallel`` wrapper is unwrapped).
         decay: weight of the old average per iteration, in ``[0, 1)``; 0.999 averages over ~1000 iterations.
+        warmup: ramp the decay up from 0.1 as above (``--ema_warmup``); ``False`` uses ``decay`` from the second update.
     """
 
-    def __init__(self, network: torch.nn.Module, decay: float = 0.0) -> None:
+    def __init__(self, network: torch.nn.Module, decay: float = 0.0, warmup: bool = False) -> None:
         self.decay = float(decay)
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0 switches the average off), got {decay!r}.")
+        self.warmup = bool(warmup)
         self.network = network
-        self.averaged = (AveragedModel(unwrap_module(network), multi_avg_fn=get_ema_multi_avg_fn(self.decay),
-                                       use_buffers=True) if self.decay > 0 else None)
+        average = self._warmup_average if self.warmup else get_ema_multi_avg_fn(self.decay)
+        self.averaged = (AveragedModel(unwrap_module(network), multi_avg_fn=average, use_buffers=True)
+                         if self.decay > 0 else None)
+
+    def _warmup_average(self, averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        get_ema_multi_avg_fn(min(self.decay, (1.0 + n) / (10.0 + n)))(averaged, current, num_averaged)
 
     @property
     def enabled(self) -> bool:

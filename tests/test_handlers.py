@@ -144,6 +144,32 @@ def test_weight_ema_averages_after_each_iteration_and_is_the_network_when_off():
         WeightEMA(net, decay=1.0)
 
 
+def test_weight_ema_warmup_ramps_the_decay_up_to_the_plain_average():
+    def averaged(decay: float, warmup: bool, values: list[float]) -> WeightEMA:
+        net = torch.nn.Linear(1, 1, bias=False)
+        ema = WeightEMA(net, decay=decay, warmup=warmup)
+        for value in values:
+            with torch.no_grad():
+                net.weight.fill_(value)
+            ema.update()
+        return ema
+
+    # copy (1); decay min(0.75, 2/11) -> 2/11 * 1 + 9/11 * 2; then min(0.75, 3/12) = 0.25 -> 0.25 * prev + 0.75 * 4
+    second = 2 / 11 + 18 / 11
+    assert averaged(0.75, True, [1.0, 2.0, 4.0]).eval_network.weight.item() == pytest.approx(0.25 * second + 3.0)
+    # from n = (10 * 0.75 - 1) / 0.25 = 26 updates on the ramp is at the decay: the next update is the plain one
+    ema = averaged(0.75, True, [0.0] * 27)
+    before = ema.eval_network.weight.item()
+    with torch.no_grad():
+        ema.network.weight.fill_(8.0)
+    ema.update()
+    assert ema.eval_network.weight.item() == pytest.approx(0.75 * before + 0.25 * 8.0)
+    # a long run forgets the start with or without the ramp; a short one keeps far less of it with the ramp
+    start_then_ones = [100.0] + [1.0] * 50
+    plain, ramped = (averaged(0.9, w, start_then_ones).eval_network.weight.item() for w in (False, True))
+    assert plain == pytest.approx(1.0 + 99.0 * 0.9 ** 50) and ramped < 1.0 + 1e-3 < plain
+
+
 def test_ema_weights_are_validated_saved_and_resumed_by_a_bundle_run(tiny_dataset, tmp_path):
     values = training_values(tiny_dataset, tmp_path, **TINY, max_epochs=1, ema_decay=0.5, scn_variant="fast")
     run_bundle("training", ["configs/train.json"], values)
