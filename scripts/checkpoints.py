@@ -118,7 +118,7 @@ def load_weights(network: torch.nn.Module, ckpt_path: str | os.PathLike) -> torc
         network.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(
-            f"checkpoint {path} does not fit network_def (trained with another data overlay, num_landmarks "
-            f"or num_filters?): {' '.join(str(err).split())[:800]}"
+            f"checkpoint {path} does not fit network_def (trained with another data overlay, scn_variant, "
+            f"num_landmarks or num_filters?): {' '.join(str(err).split())[:800]}"
         ) from err
     return network

@@ -29,6 +29,8 @@ CHANGED = {
     "ema": {"ema_decay"},
     "grad_clip": {"grad_clip_norm"},
     "schedule_fast": {*_HAND},
+    "schedule_fast_gn": {*_HAND},
+    "fast_gn_recipe": {*_HAND, "grad_clip_norm"},
     "schedule_fast_ema": {*_HAND, "ema_decay"},
     "schedule_fast_ema_clip": {*_HAND, "ema_decay", "grad_clip_norm"},
     "schedule_fast_ema_clip_gfit": {*_HAND, "ema_decay", "grad_clip_norm", "decode_method"},
@@ -57,8 +59,10 @@ def test_ablation_row_changes_only_what_it_names(row, tmp_path):
     assert baseline["learning_rate"] == pytest.approx(1e-4)  # the paper's rate, the recipe before issue #9
     changed = {key for key in real_hand.RECIPE_KEYS if config[key] != baseline[key]}
     assert changed == CHANGED[row], f"{row}: changes {sorted(changed)}"
-    # the rate of a row is the baseline's or hand.json's; every row trains on hand.json's grid, for the budget given
-    assert config["learning_rate"] == pytest.approx(3e-4 if "learning_rate" in CHANGED[row] else 1e-4)
+    # a row's rate is the baseline's, hand.json's or (fast_gn_recipe) fast_gn's; every row trains on hand.json's
+    # grid, for the budget given
+    rate = (ablation.FAST_GN_LR if row == "fast_gn_recipe" else 3e-4) if "learning_rate" in CHANGED[row] else 1e-4
+    assert config["learning_rate"] == pytest.approx(rate)
     assert config["max_minutes"] == 60.0
     assert config["spatial_size"] == [256, 256] and config["sigma"] == 3.0
 

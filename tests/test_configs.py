@@ -349,3 +349,23 @@ def test_monai_label_merge_writes_flat_configs_of_the_overlay(tmp_path, hand_dat
                 assert (parser.get_parsed_content("measurements") is not None) == (overlay == "lower_limb.json")
         finally:
             wf.finalize()
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_every_scn_variant_builds_its_network_through_the_config(config):
+    """Each ``scn_variant`` name gives the network of its :data:`SCN_VARIANTS` entry, every setting of it included,
+    so that a checkpoint trained with a variant loads into inference with the same name."""
+    from scripts.networks.scn import SCN_VARIANTS, SpatialConfigurationNet
+
+    for variant, settings in SCN_VARIANTS.items():
+        parser = ConfigParser()
+        parser.read_config(configs(config, "hand.json"))
+        parser["scn_variant"] = variant
+        network = parser.get_parsed_content("network_def")
+        expected = SpatialConfigurationNet(num_landmarks=37, **settings)
+        assert [type(m) for m in network.modules()] == [type(m) for m in expected.modules()], variant
+        assert {k: v.shape for k, v in network.state_dict().items()} == \
+            {k: v.shape for k, v in expected.state_dict().items()}, variant
+        norms = [m for m in network.modules() if isinstance(m, torch.nn.GroupNorm)]
+        groups = settings["la_norm_groups"]
+        assert all(m.num_groups == groups for m in norms) and bool(norms) == bool(groups), variant

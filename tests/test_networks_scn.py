@@ -240,6 +240,10 @@ def test_variants_paper_state_dict_unchanged_and_fast_needs_fewer_operations():
         return sum(total)
 
     assert conv_macs(fast, (128, 128)) < conv_macs(paper, (128, 128)) / 5
+    fast_gn = SpatialConfigurationNet(num_landmarks=37, **SCN_VARIANTS["fast_gn"])
+    assert conv_macs(fast_gn, (128, 128)) == conv_macs(fast, (128, 128))  # GroupNorm adds no convolution
+    assert sum(isinstance(m, nn.GroupNorm) for m in fast_gn.modules()) > 0
+    assert not any(isinstance(m, nn.GroupNorm) for net in (paper, fast) for m in net.modules())
 
 
 def test_stem_stride_arguments_checked():
@@ -250,3 +254,31 @@ def test_stem_stride_arguments_checked():
     net = SpatialConfigurationNet(num_landmarks=2, stem_stride=2, num_filters=4, sc_num_filters=4)
     with pytest.raises(ValueError, match="divisible by 16"):
         net(torch.zeros(1, 1, 40, 40))
+
+
+def test_la_norm_groups_normalise_every_local_appearance_convolution_and_not_the_sc():
+    net = small_net(num_landmarks=4, stem_stride=2, sc_downsample=8, la_norm_groups=4, **{
+        k: v for k, v in VISIBLE.items() if k not in ("sc_downsample",)})
+    la_modules = [*net.stem, *[m for block in (*net.la_down, *net.la_up) for m in block]]
+    for i, module in enumerate(la_modules):
+        if isinstance(module, nn.Conv2d):  # conv -> GroupNorm(4 groups) -> LeakyReLU
+            norm = la_modules[i + 1]
+            assert isinstance(norm, nn.GroupNorm) and norm.num_groups == 4 and norm.num_channels == 8
+            assert isinstance(la_modules[i + 2], nn.LeakyReLU)
+    n_convs = sum(isinstance(m, nn.Conv2d) for m in la_modules)
+    assert sum(isinstance(m, nn.GroupNorm) for m in net.modules()) == n_convs > 0
+    assert not any(isinstance(m, nn.GroupNorm) for m in net.sc_convs)
+    # the normalised activations: zero mean, unit variance per sample and group, whatever the input's scale
+    captured = []
+    net.stem[1].register_forward_hook(lambda m, i, o: captured.append(o))
+    net.eval()(torch.randn(2, 1, 64, 96) * 1000.0 + 50.0)
+    groups = captured[0].reshape(2, 4, -1)
+    torch.testing.assert_close(groups.mean(-1), torch.zeros(2, 4), atol=1e-4, rtol=0)
+    torch.testing.assert_close(groups.std(-1, unbiased=False), torch.ones(2, 4), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("groups", [-1, 3, 1.5])
+def test_la_norm_groups_checked(groups):
+    expected = r"la_norm_groups must be 0 \(no normalisation\) or a positive divisor of num_filters \(8\)"
+    with pytest.raises(ValueError, match=expected):
+        small_net(la_norm_groups=groups)
