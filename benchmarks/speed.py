@@ -452,7 +452,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="scn_variant of the project config (default: the config's own)")
     parser.add_argument("--skip-bf16", action="store_true", help="leave out the forced bf16 + channels_last variant")
     parser.add_argument("--skip-networks", action="store_true",
-                        help="leave out the fast SCN and the hourglass (plain loops beside the paper SCN baseline)")
+                        help="leave out the fast SCN, fast_gn and the hourglass (plain loops beside the paper SCN baseline)")
     parser.add_argument("--bf16-rounds", type=int, default=2,
                         help="rounds (one step / one inference each) of the forced bf16 variant")
     parser.add_argument("--compile", action="store_true",
